@@ -1,0 +1,96 @@
+import AMMSoftmaxCore
+import CAMMSoftmax
+
+// The C entry points of libAMMSoftmax.so, exactly as include/amm_softmax.h declares them.
+// Each one only forwards to LossCall (validation, then the kernel) and turns the outcome into a
+// status code; see the header for the contract of each.
+
+@_cdecl("amm_params_init")
+public func ammParamsInit(_ p: UnsafeMutablePointer<amm_params>?) {
+    guard let p else { return }
+    LossParameters.writeDefaults(to: p)
+}
+
+@_cdecl("amm_version")
+public func ammVersion() -> UnsafePointer<CChar> {
+    UnsafeRawPointer(libraryVersion.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("amm_last_error")
+public func ammLastError() -> UnsafePointer<CChar> {
+    LastError.current
+}
+
+// MARK: - f32
+
+@_cdecl("amm_forward_f32")
+public func ammForwardF32(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Float>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_forward_f32") { () throws(ABIError) in
+        try LossCall(mode: .forward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     loss: loss).run()
+    }
+}
+
+@_cdecl("amm_backward_f32")
+public func ammBackwardF32(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Float>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ gradLoss: UnsafePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_backward_f32") { () throws(ABIError) in
+        try LossCall(mode: .backward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     gradLoss: gradLoss, gradCos: gradCos).run()
+    }
+}
+
+@_cdecl("amm_forward_backward_f32")
+public func ammForwardBackwardF32(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Float>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_forward_backward_f32") { () throws(ABIError) in
+        try LossCall(mode: .forwardBackward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     loss: loss, gradCos: gradCos).run()
+    }
+}
+
+// MARK: - f64
+
+@_cdecl("amm_forward_f64")
+public func ammForwardF64(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Double>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Double>?
+) -> Int32 {
+    reportingStatus("amm_forward_f64") { () throws(ABIError) in
+        try LossCall(mode: .forward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     loss: loss).run()
+    }
+}
+
+@_cdecl("amm_backward_f64")
+public func ammBackwardF64(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Double>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ gradLoss: UnsafePointer<Double>?,
+    _ gradCos: UnsafeMutablePointer<Double>?
+) -> Int32 {
+    reportingStatus("amm_backward_f64") { () throws(ABIError) in
+        try LossCall(mode: .backward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     gradLoss: gradLoss, gradCos: gradCos).run()
+    }
+}
+
+@_cdecl("amm_forward_backward_f64")
+public func ammForwardBackwardF64(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<Double>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Double>?,
+    _ gradCos: UnsafeMutablePointer<Double>?
+) -> Int32 {
+    reportingStatus("amm_forward_backward_f64") { () throws(ABIError) in
+        try LossCall(mode: .forwardBackward, params: p, cos: cos, n: n, c: c, labels: labels,
+                     loss: loss, gradCos: gradCos).run()
+    }
+}

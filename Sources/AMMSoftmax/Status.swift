@@ -1,0 +1,40 @@
+import AMMSoftmaxCore
+import CAMMSoftmax
+
+/// A refused call at the ABI boundary: the status code the caller gets and the message behind
+/// amm_last_error().
+struct ABIError: Error {
+    let status: amm_status
+    let message: String
+
+    init(_ status: amm_status, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+
+    /// The status each kind of core error maps to (see the header for their meaning).
+    init(_ error: LossError) {
+        let status: amm_status
+        switch error {
+        case .parameter: status = AMM_ERR_PARAM
+        case .shape: status = AMM_ERR_SHAPE
+        case .label: status = AMM_ERR_LABEL
+        case .nonFiniteCosine, .nonFiniteGradOutput: status = AMM_ERR_NONFINITE
+        case .allocation: status = AMM_ERR_ALLOC
+        }
+        self.init(status, error.description)
+    }
+}
+
+/// Runs an ABI call: returns AMM_OK, or records the message of a refused call for this thread
+/// and returns its status. The only place a status code is made.
+@inline(__always)
+func reportingStatus(_ function: StaticString, _ body: () throws(ABIError) -> Void) -> Int32 {
+    do {
+        try body()
+        return Int32(AMM_OK.rawValue)
+    } catch {
+        LastError.set("\(function): \(error.message)")
+        return Int32(error.status.rawValue)
+    }
+}

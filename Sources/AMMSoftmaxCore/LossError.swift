@@ -1,0 +1,55 @@
+/// Why a call was refused. Each case names what was wrong, where, and the value found, so that
+/// the message alone lets a user find the bad entry.
+public enum LossError: Error, Equatable, CustomStringConvertible {
+    /// A parameter outside its domain.
+    case parameter(name: String, value: String, requirement: String)
+    /// A matrix shape that cannot be used (negative rows, no classes, a size overflow, ...).
+    case shape(String)
+    /// `labels[row]` is neither a class index in [0, classes) nor the ignore index.
+    case label(row: Int, value: Int64, classes: Int, ignoreIndex: Int64)
+    /// `cos[row, column]` is NaN or infinite in a row that is not ignored.
+    case nonFiniteCosine(row: Int, column: Int, value: Double)
+    /// The upstream gradient holds NaN or infinity at `index`.
+    case nonFiniteGradOutput(index: Int, value: Double)
+    /// Scratch memory could not be allocated.
+    case allocation(bytes: Int)
+
+    public var description: String {
+        switch self {
+        case let .parameter(name, value, requirement):
+            return "parameter \(name) = \(value) is invalid: must be \(requirement)"
+        case let .shape(message):
+            return message
+        case let .label(row, value, classes, ignoreIndex):
+            return "labels[\(row)] = \(value) is out of range: must be in [0, \(classes)) "
+                + "or equal ignore_index (\(ignoreIndex))"
+        case let .nonFiniteCosine(row, column, value):
+            return "cos[\(row), \(column)] = \(value) is not finite (row \(row) is not ignored)"
+        case let .nonFiniteGradOutput(index, value):
+            return "grad_output[\(index)] = \(value) is not finite"
+        case let .allocation(bytes):
+            return "could not allocate \(bytes) bytes of scratch memory"
+        }
+    }
+}
+
+/// Checks that every label is a class index or the ignore index; throws for the first that is
+/// not. O(N), done before any computation.
+public func validateLabels<Labels: Collection>(
+    _ labels: Labels, classes: Int, ignoreIndex: Int64
+) throws(LossError) where Labels.Element == Int64 {
+    for (row, label) in labels.enumerated() where label != ignoreIndex {
+        guard label >= 0, label < Int64(classes) else {
+            throw .label(row: row, value: label, classes: classes, ignoreIndex: ignoreIndex)
+        }
+    }
+}
+
+/// Checks the shape of an N x C problem: N >= 0, C >= 1, and N * C representable.
+public func validateShape(rows: Int, classes: Int) throws(LossError) {
+    guard rows >= 0 else { throw .shape("n = \(rows) is invalid: must be >= 0") }
+    guard classes >= 1 else { throw .shape("c = \(classes) is invalid: must be >= 1") }
+    guard !rows.multipliedReportingOverflow(by: classes).overflow else {
+        throw .shape("n * c = \(rows) * \(classes) overflows a 64-bit element count")
+    }
+}

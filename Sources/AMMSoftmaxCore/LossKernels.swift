@@ -1,0 +1,103 @@
+/// The loss kernels over a whole N x C matrix: forward, backward and both at once.
+///
+/// These are the entry points the C ABI and the Swift API call. They expect validated
+/// parameters, shape and labels (`LossParameters.validate`, `validateShape`, `validateLabels`)
+/// and check the one thing only a full read can: that every row that is not ignored is finite.
+public enum LossKernels {
+    /// What to compute and where to put it.
+    public struct Outputs<T: LossScalar> {
+        /// 1 value (mean, sum) or N values (none); nil to skip the loss.
+        public var loss: UnsafeMutablePointer<T>?
+        /// N x C; nil to skip the gradient.
+        public var gradient: UnsafeMutablePointer<T>?
+        /// The upstream gradient: 1 value (mean, sum) or N values (none); nil means 1.
+        public var upstream: UnsafePointer<T>?
+
+        public init(loss: UnsafeMutablePointer<T>? = nil, gradient: UnsafeMutablePointer<T>? = nil,
+                    upstream: UnsafePointer<T>? = nil) {
+            self.loss = loss
+            self.gradient = gradient
+            self.upstream = upstream
+        }
+    }
+
+    /// Computes the loss and/or the gradient of `cos` (rows x columns, row-major).
+    ///
+    /// - Precondition: parameters, shape and labels are valid; pointers are valid for the sizes
+    ///   above (they may be nil only when the matching size is 0); `upstream` is finite.
+    /// - Throws: `LossError.nonFiniteCosine` for the lowest row (and in it the lowest column)
+    ///   that holds NaN or infinity and is not ignored. The outputs are then unspecified.
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func run<T: LossScalar>(
+        parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
+        labels: UnsafePointer<Int64>?, outputs: Outputs<T>
+    ) throws(LossError) {
+        let reduction = parameters.reduction
+        let ignore = parameters.ignoreIndex
+        var counted = 0
+        for i in 0..<rows where labels![i] != ignore { counted += 1 }
+
+        // The upstream factor of every row's gradient for mean and sum (1/count for mean);
+        // for none each row reads its own upstream value.
+        let rowFactor: Double
+        switch reduction {
+        case .mean, .sum:
+            let upstream = outputs.upstream.map { Double($0[0]) } ?? 1
+            rowFactor = reduction == .sum ? upstream
+                : (counted > 0 ? upstream / Double(counted) : 0)
+        case .none:
+            rowFactor = 1
+        }
+
+        let kernel = RowKernel<T>(parameters: parameters, columns: columns)
+        let workers = RowParallel.workerCount(rows: rows, threads: parameters.numThreads)
+        // Per-row losses in Double, summed in row order afterwards (thread-count independent).
+        let rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: Swift.max(rows, 1))
+        defer { rowLosses.deallocate() }
+        // The first failure each worker met (its rows increase, so it is that worker's lowest).
+        let failures = UnsafeMutableBufferPointer<(row: Int, column: Int, value: Double)?>
+            .allocate(capacity: workers)
+        failures.initialize(repeating: nil)
+        defer { failures.deallocate() }
+
+        RowParallel.forEachRow(rows: rows, threads: parameters.numThreads) { i, worker in
+            let label = labels![i]
+            let gradientRow = outputs.gradient.map { $0 + i * columns }
+            guard label != ignore else {
+                rowLosses[i] = 0
+                gradientRow?.update(repeating: 0, count: columns)
+                return true
+            }
+            let row = cos! + i * columns
+            let y = Int(label)
+            switch kernel.statistics(row, label: y) {
+            case .failure(let bad):
+                failures[worker] = (i, bad.column, bad.value)
+                return false
+            case .success(let st):
+                rowLosses[i] = st.loss
+                if let gradientRow {
+                    let upstream = reduction == .none
+                        ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
+                    kernel.writeGradient(row, label: y, statistics: st, upstream: upstream,
+                                         into: gradientRow)
+                }
+                return true
+            }
+        }
+
+        if let first = failures.compactMap({ $0 }).min(by: { $0.row < $1.row }) {
+            throw .nonFiniteCosine(row: first.row, column: first.column, value: first.value)
+        }
+        guard let loss = outputs.loss else { return }
+        switch reduction {
+        case .none:
+            for i in 0..<rows { loss[i] = T(rowLosses[i]) }
+        case .sum, .mean:
+            var total = 0.0
+            for i in 0..<rows { total += rowLosses[i] }
+            loss[0] = T(reduction == .mean ? (counted > 0 ? total / Double(counted) : 0) : total)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+/// The parameters of the loss family, with the defaults of FORMULATION.md.
+///
+/// One value of this type selects a member of the family:
+/// - AMM-Softmax: `target: .arc, hard: .amm` (the default);
+/// - ArcFace: `target: .arc, hard: .none`; CosFace: `target: .cos, hard: .none`;
+/// - MV-Arc-Softmax: `target: .arc, hard: .mvFixed, hardMargin: 1.12...1.2`;
+///   MV-AM-Softmax: `target: .cos, hard: .mvFixed`.
+public struct LossParameters: Sendable, Equatable {
+    /// s: the logit scale. Finite and > 0.
+    public var scale: Double
+    /// m: the target margin. For `.arc`, an angle in [0, pi); for `.cos`, any finite value.
+    public var margin: Double
+    /// t: the hard-negative margin, finite and >= 0 (an angle for `.amm`, a weight for `.mv*`).
+    public var hardMargin: Double
+    public var target: TargetKind
+    public var hard: HardKind
+    public var reduction: Reduction
+    /// Rows whose label equals this value are skipped (even when it lies in [0, C)).
+    public var ignoreIndex: Int64
+    /// Worker threads for one call; 0 means one per core. Results do not depend on it.
+    public var numThreads: Int
+
+    public init(
+        scale: Double = 64, margin: Double = 0.5, hardMargin: Double = 0.2,
+        target: TargetKind = .arc, hard: HardKind = .amm, reduction: Reduction = .mean,
+        ignoreIndex: Int64 = -100, numThreads: Int = 0
+    ) {
+        self.scale = scale
+        self.margin = margin
+        self.hardMargin = hardMargin
+        self.target = target
+        self.hard = hard
+        self.reduction = reduction
+        self.ignoreIndex = ignoreIndex
+        self.numThreads = numThreads
+    }
+
+    /// Checks every parameter against its domain; throws naming the first one that is out of it.
+    public func validate() throws(LossError) {
+        guard scale.isFinite, scale > 0 else {
+            throw .parameter(name: "scale", value: "\(scale)", requirement: "finite and > 0")
+        }
+        switch target {
+        case .arc:
+            guard margin.isFinite, margin >= 0, margin < Double.pi else {
+                throw .parameter(name: "margin", value: "\(margin)",
+                                 requirement: "in [0, pi) for target arc")
+            }
+        case .cos:
+            guard margin.isFinite else {
+                throw .parameter(name: "margin", value: "\(margin)", requirement: "finite")
+            }
+        }
+        guard hardMargin.isFinite, hardMargin >= 0 else {
+            throw .parameter(name: "hard_margin", value: "\(hardMargin)",
+                             requirement: "finite and >= 0")
+        }
+        guard numThreads >= 0 else {
+            throw .parameter(name: "num_threads", value: "\(numThreads)", requirement: ">= 0")
+        }
+    }
+}
+
+/// The target logit f(c_y): which margin the target class gets.
+public enum TargetKind: Int32, Sendable, CaseIterable {
+    /// Additive angular margin (ArcFace): f = cos(theta_y + m), with the linear fallback
+    /// f = c_y - m sin(m) where theta_y + m would pass pi.
+    case arc = 0
+    /// Additive cosine margin (CosFace): f = c_y - m.
+    case cos = 1
+}
+
+/// The negative logit g(c_j) of a hard negative (a class closer than the penalised target).
+public enum HardKind: Int32, Sendable, CaseIterable {
+    /// AMM-Softmax: g = cos(max(theta_j - t, 0)), a linear angular margin on hard negatives.
+    case amm = 0
+    /// MV-Softmax with a fixed weight: g = t c_j + t - 1.
+    case mvFixed = 1
+    /// MV-Softmax with an adaptive weight: g = (t + 1) c_j + t.
+    case mvAdaptive = 2
+    /// No re-weighting: g = c_j.
+    case none = 3
+}
+
+/// How per-row losses combine into the result.
+public enum Reduction: Int32, Sendable, CaseIterable {
+    /// The sum over rows that are not ignored, divided by their count (0 when there are none).
+    case mean = 0
+    /// The sum over all rows (ignored rows contribute 0).
+    case sum = 1
+    /// One loss per row (0 for ignored rows).
+    case none = 2
+}

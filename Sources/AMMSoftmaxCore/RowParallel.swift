@@ -1,0 +1,69 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Spreads rows over worker threads so that the result never depends on how many there are.
+///
+/// Rows are grouped into fixed blocks of `blockRows`; worker w of W takes blocks w, w + W, ...
+/// in increasing order. Every row is computed by the same code whatever thread runs it, and
+/// nothing is accumulated across rows here (the reductions sum per-row results afterwards, in
+/// row order), so the output is bitwise identical for every thread count.
+enum RowParallel {
+    /// Rows per block: small enough to balance 2 to 64 workers on a few hundred rows.
+    static let blockRows = 4
+
+    /// The number of cores this process may use (at least 1).
+    static var availableCores: Int {
+        #if canImport(Glibc)
+        return Swift.max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        #else
+        return 1
+        #endif
+    }
+
+    /// Runs `body(row, worker)` for every row in [0, rows), on up to `threads` workers
+    /// (0 = one per core). `body` returns false to stop its worker (used on the first error,
+    /// since a worker's later rows all have larger indices). `worker` is in
+    /// [0, workerCount(rows:threads:)).
+    static func forEachRow(
+        rows: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool
+    ) {
+        let blocks = (rows + blockRows - 1) / blockRows
+        let workers = workerCount(rows: rows, threads: threads)
+        func work(_ worker: Int) {
+            var block = worker
+            while block < blocks {
+                let end = Swift.min(rows, (block + 1) * blockRows)
+                for row in block * blockRows..<end {
+                    if !body(row, worker) { return }
+                }
+                block += workers
+            }
+        }
+        if workers == 1 {
+            work(0)
+            return
+        }
+        // concurrentPerform wants a @Sendable closure; `body` writes only to the rows and the
+        // worker slot it is given, which no two workers share, so handing it over is safe.
+        withoutActuallyEscaping(work) { work in
+            let shared = UncheckedSendable(work)
+            DispatchQueue.concurrentPerform(iterations: workers) { shared.value($0) }
+        }
+    }
+
+    /// The worker count `forEachRow` uses for these arguments: size per-worker state with it.
+    static func workerCount(rows: Int, threads: Int) -> Int {
+        let blocks = (rows + blockRows - 1) / blockRows
+        let requested = threads == 0 ? availableCores : threads
+        return Swift.max(1, Swift.min(requested, blocks))
+    }
+}
+
+/// A value handed to other threads under a guarantee the compiler cannot check (stated where
+/// it is made).
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,171 @@
+/*
+ * amm_softmax.h -- the C interface of libAMMSoftmax.so
+ *
+ * AMM-Softmax (Angular Margin-Mining Softmax, Lee, Wang and Cho, IEEE Access 10, 2022) and its
+ * family (ArcFace, CosFace, MV-Softmax) as a loss on cosine logits, with exact gradients.
+ * The mathematics is fixed in FORMULATION.md; in short, for row i with target y = labels[i]:
+ *
+ *     z_iy = s * f(cos[i, y])           target logit with margin m   (arc or cos kind)
+ *     z_ij = s * g(cos[i, j]),  j != y  negative logit: g(c) = c for easy negatives, and a
+ *                                       hard-negative re-weighting with margin t (amm, mv-fixed,
+ *                                       mv-adaptive, none) where cos[i, j] > f(cos[i, y])
+ *     loss_i = logsumexp_j(z_ij) - z_iy
+ *
+ * then reduced over the rows (mean, sum or none), and the gradient of that loss with respect to
+ * every cos[i, j].
+ *
+ * CONVENTIONS (every function)
+ *   - Matrices are dense and row-major: element (i, j) of an n x c matrix is at [i * c + j].
+ *   - Inputs are never written. Outputs are written only by the function that fills them, and
+ *     only the number of values documented (1 for mean/sum, n for none, n * c for gradients).
+ *   - A pointer to an array of zero elements (n == 0) may be NULL; every other pointer must not be.
+ *   - Inputs and outputs must not overlap.
+ *   - Every function returns AMM_OK (0) on success or one of the amm_status codes below. On a
+ *     non-zero status the contents of the output buffers are unspecified (they may have been
+ *     partly written) and amm_last_error() describes the problem, naming the offending row,
+ *     column, parameter and value.
+ *   - Validation happens before computing, except for the finiteness of cos, which is checked
+ *     row by row as the kernel reads it (only rows that are not ignored must be finite). When
+ *     several rows are bad, the error names the lowest row index, whatever num_threads is.
+ *
+ * THREADS
+ *   Every function is reentrant and thread-safe: there is no global mutable state except the
+ *   per-thread error message. A call may itself use up to params->num_threads worker threads
+ *   (0 = one per core); results are bitwise identical for every num_threads value.
+ *
+ * PRECISION
+ *   The _f32 functions compute elementwise in single precision, with the per-row quantities
+ *   (target logit, mining threshold, sums of exponentials, the row loss) and the reduction over
+ *   rows in double precision. The _f64 functions compute in double precision throughout.
+ */
+#ifndef AMM_SOFTMAX_H
+#define AMM_SOFTMAX_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The version of this header. amm_version() returns the version of the library loaded. */
+#define AMM_VERSION_MAJOR 0
+#define AMM_VERSION_MINOR 1
+#define AMM_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes. Every computing function returns one of these (as an int).
+ * ------------------------------------------------------------------------------------------- */
+typedef enum amm_status {
+    AMM_OK = 0,                 /* success; every output holds its result                       */
+    AMM_ERR_NULL_POINTER = 1,   /* a required pointer (params, an input or an output) is NULL   */
+    AMM_ERR_SHAPE = 2,          /* n < 0, c < 1, or n * c does not fit in int64_t              */
+    AMM_ERR_LABEL = 3,          /* labels[i] is neither in [0, c) nor params->ignore_index     */
+    AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale, margin, hard_margin,
+                                   an unknown target/hard/reduction value, num_threads < 0, or
+                                   struct_size smaller than the amm_params of version 0.1      */
+    AMM_ERR_NONFINITE = 5,      /* cos holds a NaN or an infinity in a row that is not ignored,
+                                   or grad_loss holds a NaN or an infinity                      */
+    AMM_ERR_ALLOC = 6,          /* the library could not allocate its scratch memory            */
+    AMM_ERR_INTERNAL = 7        /* a bug in the library; please report it with the message      */
+} amm_status;
+
+/* ---------------------------------------------------------------------------------------------
+ * Variants
+ * ------------------------------------------------------------------------------------------- */
+
+/* Target logit f(c_y), the margin m = params->margin. */
+enum {
+    AMM_TARGET_ARC = 0,  /* additive angular margin (ArcFace): f = cos(theta_y + m), and
+                            f = c_y - m sin(m) where theta_y + m would pass pi. 0 <= m < pi.  */
+    AMM_TARGET_COS = 1   /* additive cosine margin (CosFace): f = c_y - m. m finite.          */
+};
+
+/* Negative logit g(c_j) of a hard negative (cos[i, j] > f(c_y)); t = params->hard_margin,
+   finite and >= 0. Easy negatives always have g = c_j. */
+enum {
+    AMM_HARD_AMM = 0,          /* AMM-Softmax: g = cos(max(theta_j - t, 0))                    */
+    AMM_HARD_MV_FIXED = 1,     /* MV-Softmax, fixed weight: g = t * c_j + t - 1                */
+    AMM_HARD_MV_ADAPTIVE = 2,  /* MV-Softmax, adaptive weight: g = (t + 1) * c_j + t           */
+    AMM_HARD_NONE = 3          /* no re-weighting: g = c_j (plain ArcFace / CosFace)          */
+};
+
+/* How the per-row losses are combined. */
+enum {
+    AMM_REDUCTION_MEAN = 0,  /* sum over the rows that are not ignored / their count (0 if none) */
+    AMM_REDUCTION_SUM = 1,   /* sum over the rows (ignored rows count 0)                         */
+    AMM_REDUCTION_NONE = 2   /* one loss per row (ignored rows give 0)                           */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Parameters
+ *
+ * Always fill with amm_params_init() and then change the fields you need: that sets struct_size,
+ * which lets later versions of the library append fields to this struct and still accept
+ * callers compiled against this header (a later library gives the fields that the caller's
+ * struct_size does not cover their defaults). This library requires struct_size >= 56, the size
+ * of this version's struct, and ignores any bytes past the fields it knows.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct amm_params {
+    uint32_t struct_size;  /* sizeof(amm_params) as the caller compiled it                        */
+    double   scale;        /* s > 0 and finite. Default 64.                                       */
+    double   margin;       /* m: target margin. Default 0.5. arc: 0 <= m < pi; cos: finite.       */
+    double   hard_margin;  /* t: hard-negative margin, finite and >= 0. Default 0.2.              */
+    int32_t  target;       /* AMM_TARGET_*. Default AMM_TARGET_ARC.                               */
+    int32_t  hard;         /* AMM_HARD_*. Default AMM_HARD_AMM.                                   */
+    int32_t  reduction;    /* AMM_REDUCTION_*. Default AMM_REDUCTION_MEAN.                        */
+    int32_t  num_threads;  /* worker threads for one call; 0 = one per core. Must be >= 0.        */
+    int64_t  ignore_index; /* rows whose label equals this are skipped. Default -100.             */
+} amm_params;
+
+/* Fills *p with the defaults of FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
+   num_threads = 0, ignore_index = -100) and sets p->struct_size = sizeof(amm_params).
+   Does nothing when p is NULL. Thread-safe. */
+void amm_params_init(amm_params *p);
+
+/* The library's version as "MAJOR.MINOR.PATCH". A static string: never free it. Thread-safe. */
+const char *amm_version(void);
+
+/* The message of the last failed call made on the calling thread, or "" if none has failed.
+   The string is owned by the library and stays valid until the next failing call on the same
+   thread; copy it to keep it. Thread-safe (each thread has its own message). */
+const char *amm_last_error(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Loss on cosine logits
+ *
+ * Shared parameters:
+ *   p          parameters (see amm_params); read only.
+ *   cos        n x c row-major cosines; read only. Values outside [-1, 1] are clamped where an
+ *              angle is taken (FORMULATION.md, "Angles"); NaN or infinity is an error in a row
+ *              that is not ignored.
+ *   n          number of rows, >= 0.
+ *   c          number of classes, >= 1.
+ *   labels     n target classes, each in [0, c) or equal to p->ignore_index; read only.
+ * ------------------------------------------------------------------------------------------- */
+
+/* The loss. loss: 1 value (mean, sum) or n values (none), written. */
+int amm_forward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                    const int64_t *labels, float *loss);
+int amm_forward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                    const int64_t *labels, double *loss);
+
+/* The gradient of the loss with respect to cos, times the upstream gradient.
+   grad_loss: 1 value (mean, sum) or n values (none), finite; read only.
+   grad_cos:  n x c, written (ignored rows are all zero). */
+int amm_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                     const int64_t *labels, const float *grad_loss, float *grad_cos);
+int amm_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                     const int64_t *labels, const double *grad_loss, double *grad_cos);
+
+/* Both at once, with an upstream gradient of 1, in the time of one backward call.
+   loss: 1 value (mean, sum) or n values (none), written. grad_cos: n x c, written. */
+int amm_forward_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                             const int64_t *labels, float *loss, float *grad_cos);
+int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                             const int64_t *labels, double *loss, double *grad_cos);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AMM_SOFTMAX_H */

@@ -1,0 +1,33 @@
+"""amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
+
+Functions (every one takes the keyword parameters below):
+
+    forward(cos, labels, **params)                       -> loss
+    backward(cos, labels, grad_output=1.0, **params)     -> grad_cos
+    forward_backward(cos, labels, **params)              -> (loss, grad_cos)
+
+`cos` is an (N, C) float32 or float64 array of cosines between embeddings and class weights
+(any strides); `labels` an (N,) integer array of target classes in [0, C), or ignore_index to
+skip a row. The loss is a float for reduction 'mean' and 'sum' and an (N,) array for 'none';
+gradients are shaped and typed like `cos`.
+
+Parameters (defaults from FORMULATION.md):
+    scale=64.0        s > 0
+    margin=0.5        target margin m (an angle in [0, pi) for target 'arc')
+    hard_margin=0.2   hard-negative margin t >= 0
+    target="arc"      "arc" (ArcFace's cos(theta + m)) or "cos" (CosFace's cos - m)
+    hard="amm"        "amm", "mv-fixed", "mv-adaptive" or "none"
+    reduction="mean"  "mean", "sum" or "none"
+    ignore_index=-100 rows with this label give 0 loss and 0 gradient
+    num_threads=0     worker threads (0 = all cores); results do not depend on it
+
+Bad input raises TypeError (types, dtypes) or ValueError (shapes, labels, parameters,
+non-finite values) naming the parameter, row or column and the value. Inputs are never
+modified. `amm_softmax.reference` computes the same in plain NumPy.
+"""
+from . import reference
+from ._api import backward, forward, forward_backward, library_version
+
+__version__ = "0.1.0"
+__all__ = ["forward", "backward", "forward_backward", "reference", "library_version",
+           "__version__"]

@@ -1,0 +1,100 @@
+"""forward, backward and forward_backward over the compiled library (ctypes).
+
+Each function validates its arguments in Python first (types, shapes, parameters, labels:
+cheap checks, O(N)), then hands contiguous arrays to the library, which checks the one thing
+that needs a full read (non-finite cosines in rows that are not ignored) during its single pass
+over the matrix. A non-zero status becomes an exception carrying amm_last_error().
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import _library as L
+from ._params import Params, check_cos, check_grad_output, check_labels, check_params
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _abi_params(p: Params) -> L.AmmParams:
+    s = L.AmmParams()
+    s.struct_size = ctypes.sizeof(L.AmmParams)
+    s.scale, s.margin, s.hard_margin = p.scale, p.margin, p.hard_margin
+    s.target = L.TARGET_CODES[p.target]
+    s.hard = L.HARD_CODES[p.hard]
+    s.reduction = L.REDUCTION_CODES[p.reduction]
+    s.num_threads = p.num_threads
+    s.ignore_index = p.ignore_index
+    return s
+
+
+def _check_status(lib, status: int) -> None:
+    if status == L.AMM_OK:
+        return
+    message = lib.amm_last_error().decode("utf-8", "replace")
+    if status == L.AMM_ERR_ALLOC:
+        raise MemoryError(message)
+    if status == L.AMM_ERR_INTERNAL:
+        raise RuntimeError(message)
+    raise ValueError(message)
+
+
+def _prepare(cos, labels, params):
+    p = check_params(**params)
+    cos = check_cos(cos)
+    labels = check_labels(labels, cos.shape[0], cos.shape[1], p.ignore_index)
+    # The library reads dense row-major rows: copy only what is not already that.
+    return p, np.ascontiguousarray(cos), labels
+
+
+def _loss_out(p: Params, cos: np.ndarray) -> np.ndarray:
+    return np.empty(cos.shape[0] if p.reduction == "none" else 1, dtype=cos.dtype)
+
+
+def _loss_value(p: Params, loss: np.ndarray):
+    return loss if p.reduction == "none" else float(loss[0])
+
+
+def forward(cos, labels, **params):
+    """The loss of `cos` (N, C) for `labels` (N,): a float for mean/sum, an ndarray (N,) typed
+    like cos for reduction='none'. See help(amm_softmax) for the parameters."""
+    p, cos, labels = _prepare(cos, labels, params)
+    lib = L.load()
+    loss = _loss_out(p, cos)
+    fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
+    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+                          cos.shape[1], labels.ctypes.data, loss.ctypes.data))
+    return _loss_value(p, loss)
+
+
+def backward(cos, labels, grad_output=1.0, **params):
+    """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
+    shaped and typed like cos."""
+    p, cos, labels = _prepare(cos, labels, params)
+    upstream = check_grad_output(grad_output, cos.shape[0], p.reduction).astype(cos.dtype)
+    lib = L.load()
+    grad = np.empty(cos.shape, dtype=cos.dtype)
+    fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
+    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+                          cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
+                          grad.ctypes.data))
+    return grad
+
+
+def forward_backward(cos, labels, **params):
+    """(loss, grad_cos) in one pass over the data, as forward and backward with
+    grad_output = 1."""
+    p, cos, labels = _prepare(cos, labels, params)
+    lib = L.load()
+    loss = _loss_out(p, cos)
+    grad = np.empty(cos.shape, dtype=cos.dtype)
+    fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
+    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+                          cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
+    return _loss_value(p, loss), grad
+
+
+def library_version() -> str:
+    """The version string of the loaded library (amm_version())."""
+    return L.load().amm_version().decode()

@@ -1,0 +1,149 @@
+"""Argument checks shared by the library wrapper and the NumPy reference.
+
+Everything here is about *accepting* input (types, shapes, domains, labels); none of it is the
+mathematics. Each check raises TypeError (wrong kind of object or dtype) or ValueError (right kind,
+wrong value) with a message naming the parameter, row or column and the value found.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+TARGETS = ("arc", "cos")
+HARDS = ("amm", "mv-fixed", "mv-adaptive", "none")
+REDUCTIONS = ("mean", "sum", "none")
+
+_INT64 = np.iinfo(np.int64)
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The validated keyword parameters of every function (defaults: FORMULATION.md)."""
+
+    scale: float = 64.0
+    margin: float = 0.5
+    hard_margin: float = 0.2
+    target: str = "arc"
+    hard: str = "amm"
+    reduction: str = "mean"
+    ignore_index: int = -100
+    num_threads: int = 0
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _integer(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} = {value} is out of range: must be in [{lo}, {hi}]")
+    return value
+
+
+def _choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {choices}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} = {value!r} is unknown: must be one of {choices}")
+    return value
+
+
+def check_params(scale=64.0, margin=0.5, hard_margin=0.2, target="arc", hard="amm",
+                 reduction="mean", ignore_index=-100, num_threads=0) -> Params:
+    """Validates the shared keyword parameters and returns them as a Params."""
+    scale = _real("scale", scale)
+    margin = _real("margin", margin)
+    hard_margin = _real("hard_margin", hard_margin)
+    target = _choice("target", target, TARGETS)
+    hard = _choice("hard", hard, HARDS)
+    reduction = _choice("reduction", reduction, REDUCTIONS)
+    ignore_index = _integer("ignore_index", ignore_index, int(_INT64.min), int(_INT64.max))
+    num_threads = _integer("num_threads", num_threads, 0, int(_INT32.max))
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale = {scale} is invalid: must be finite and > 0")
+    if target == "arc" and not (math.isfinite(margin) and 0 <= margin < math.pi):
+        raise ValueError(f"margin = {margin} is invalid: must be in [0, pi) for target 'arc'")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin = {margin} is invalid: must be finite")
+    if not (math.isfinite(hard_margin) and hard_margin >= 0):
+        raise ValueError(f"hard_margin = {hard_margin} is invalid: must be finite and >= 0")
+    return Params(scale, margin, hard_margin, target, hard, reduction, ignore_index, num_threads)
+
+
+def check_cos(cos, name: str = "cos") -> np.ndarray:
+    """A float32/float64 matrix of shape (N, C) with C >= 1 (not copied)."""
+    if not isinstance(cos, np.ndarray):
+        if isinstance(cos, (list, tuple)):
+            cos = np.asarray(cos)
+        else:
+            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
+                            f"got {type(cos).__name__}")
+    if cos.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {cos.dtype}")
+    if cos.ndim != 2:
+        raise ValueError(f"{name} must be 2-dimensional (N, C), got shape {cos.shape}")
+    if cos.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one class (column), got shape {cos.shape}")
+    return cos
+
+
+def check_labels(labels, rows: int, classes: int, ignore_index: int) -> np.ndarray:
+    """Integer labels of shape (rows,), each in [0, classes) or equal to ignore_index.
+
+    Returns them as a C-contiguous int64 array (a copy only when the input is not one already).
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    if labels.shape != (rows,):
+        raise ValueError(f"labels must have shape ({rows},) to match cos, got {labels.shape}")
+    if labels.dtype.kind == "u" and labels.size and labels.max() > _INT64.max:
+        row = int(np.argmax(labels > _INT64.max))
+        raise ValueError(f"labels[{row}] = {labels[row]} is out of range: must be in "
+                         f"[0, {classes}) or equal ignore_index ({ignore_index})")
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"labels[{row}] = {labels[row]} is out of range: must be in "
+                         f"[0, {classes}) or equal ignore_index ({ignore_index})")
+    return labels
+
+
+def check_grad_output(grad_output, rows: int, reduction: str) -> np.ndarray:
+    """The upstream gradient as float64: 1 value for mean/sum, `rows` values for none (a scalar
+    is broadcast). Must be finite."""
+    if isinstance(grad_output, (bool, np.bool_)):
+        raise TypeError(f"grad_output must be a real number or array, got {grad_output!r}")
+    try:
+        g = np.asarray(grad_output)
+    except Exception as e:  # pragma: no cover - exotic objects
+        raise TypeError(f"grad_output must be a real number or array: {e}") from None
+    if g.dtype.kind not in "iuf":
+        raise TypeError(f"grad_output must be real (integer or float), got dtype {g.dtype}")
+    g = g.astype(np.float64)
+    if reduction == "none":
+        if g.ndim == 0:
+            g = np.full(rows, float(g))
+        elif g.shape != (rows,):
+            raise ValueError(f"grad_output must be a scalar or have shape ({rows},) for "
+                             f"reduction 'none', got shape {g.shape}")
+    elif g.size != 1 or g.ndim > 1:
+        raise ValueError(f"grad_output must be a scalar for reduction {reduction!r}, "
+                         f"got shape {g.shape}")
+    else:
+        g = g.reshape(1)
+    bad = ~np.isfinite(g)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"grad_output[{k}] = {g[k]} is not finite")
+    return g

@@ -1,0 +1,134 @@
+"""The AMM-Softmax loss family in plain NumPy: the oracle every test compares the library with.
+
+Written for clarity from FORMULATION.md, line by line, and independent of the compiled library
+(it never loads it). It computes in float64 whatever the input dtype and returns results in the
+input's dtype, so that the library's f32 and f64 paths are both measured against the same,
+more precise, values.
+
+Functions and signatures are those of the package: forward, backward, forward_backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._params import check_cos, check_grad_output, check_labels, check_params
+
+SIN_FLOOR = 1e-7
+
+
+def _angles(c):
+    """c~ = clamp(c, -1, 1), theta = acos(c~), sin_theta = max(sqrt(1 - c~^2), 1e-7)."""
+    cc = np.clip(c, -1.0, 1.0)
+    theta = np.arccos(cc)
+    sin_theta = np.maximum(np.sqrt(1.0 - cc * cc), SIN_FLOOR)
+    return cc, theta, sin_theta
+
+
+def _target_logit(cy, p):
+    """f(c_y) and df/dc_y for a vector of target cosines."""
+    m = p.margin
+    if p.target == "cos":
+        return cy - m, np.ones_like(cy)
+    cc, theta, sin_theta = _angles(cy)
+    inside = cy > np.cos(np.pi - m)  # theta_y + m stays below pi
+    f = np.where(inside, np.cos(theta + m), cy - m * np.sin(m))
+    df = np.where(inside, np.cos(m) + np.sin(m) * cc / sin_theta, 1.0)
+    return f, df
+
+
+def _hard_negative_logit(c, p):
+    """g(c) and dg/dc for negatives that were mined as hard."""
+    t = p.hard_margin
+    if p.hard == "amm":
+        cc, theta, sin_theta = _angles(c)
+        g = np.cos(np.maximum(theta - t, 0.0))
+        dg = np.where(theta > t, np.cos(t) - np.sin(t) * cc / sin_theta, 0.0)
+        return g, dg
+    if p.hard == "mv-fixed":
+        return t * c + t - 1.0, np.full_like(c, t)
+    if p.hard == "mv-adaptive":
+        return (t + 1.0) * c + t, np.full_like(c, t + 1.0)
+    return c, np.ones_like(c)  # "none"
+
+
+def _logits(cos, labels, p):
+    """z = s * (f at the target, g elsewhere) and dz/dcos / s, for the rows that are kept."""
+    n, c = cos.shape
+    rows = np.arange(n)
+    cy = cos[rows, labels]
+    f, df = _target_logit(cy, p)
+
+    is_target = np.zeros((n, c), dtype=bool)
+    is_target[rows, labels] = True
+    hard = (cos > f[:, None]) & ~is_target           # mis-classified vectors
+    g_hard, dg_hard = _hard_negative_logit(cos, p)
+    g = np.where(hard, g_hard, cos)
+    dg = np.where(hard, dg_hard, 1.0)
+
+    logit = np.where(is_target, f[:, None], g)
+    dlogit = np.where(is_target, df[:, None], dg)
+    return p.scale * logit, dlogit, is_target
+
+
+def _prepare(cos, labels, params):
+    p = check_params(**params)
+    cos = check_cos(cos)
+    labels = check_labels(labels, cos.shape[0], cos.shape[1], p.ignore_index)
+    kept = labels != p.ignore_index
+    x = cos.astype(np.float64)[kept]
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, j = np.argwhere(bad)[0]
+        row = int(np.flatnonzero(kept)[r])
+        raise ValueError(f"cos[{row}, {j}] = {cos[row, j]} is not finite "
+                         f"(row {row} is not ignored)")
+    return p, cos, x, labels[kept], kept
+
+
+def _row_losses(z, is_target):
+    zmax = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - zmax).sum(axis=1)) + zmax[:, 0]
+    return lse - z[is_target]
+
+
+def _reduce(per_row_kept, kept, p):
+    if p.reduction == "none":
+        out = np.zeros(kept.shape[0])
+        out[kept] = per_row_kept
+        return out
+    total = per_row_kept.sum()
+    if p.reduction == "sum":
+        return total
+    return total / per_row_kept.size if per_row_kept.size else 0.0
+
+
+def forward(cos, labels, **params):
+    """The loss: a float for mean/sum, an ndarray (N,) typed like cos for none."""
+    p, cos, x, y, kept = _prepare(cos, labels, params)
+    z, _, is_target = _logits(x, y, p)
+    loss = _reduce(_row_losses(z, is_target), kept, p)
+    return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
+
+
+def backward(cos, labels, grad_output=1.0, **params):
+    """d loss / d cos times grad_output, an ndarray shaped and typed like cos."""
+    p, cos, x, y, kept = _prepare(cos, labels, params)
+    upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
+    z, dlogit, is_target = _logits(x, y, p)
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    dz = prob - is_target                          # d loss_i / d z_ij
+    if p.reduction == "none":
+        weight = upstream[kept][:, None]
+    elif p.reduction == "sum":
+        weight = upstream[0]
+    else:
+        weight = upstream[0] / max(int(kept.sum()), 1)
+    grad = np.zeros(cos.shape)
+    grad[kept] = weight * p.scale * dz * dlogit
+    return grad.astype(cos.dtype)
+
+
+def forward_backward(cos, labels, **params):
+    """(loss, grad_cos), as forward and backward with grad_output = 1."""
+    return forward(cos, labels, **params), backward(cos, labels, 1.0, **params)
