@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Brings a fresh machine of this project's kind to the point where the library is built and the
+# Python side can use and test it: the C compilers (Debian), NumPy and pytest (PyPI), then the
+# release build of libAMMSoftmax.so. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "setup: the Swift toolchain (swift 6.x) is not on PATH; install it first" >&2
+    exit 1
+fi
+
+missing=()
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]} from Debian"
+    apt-get update
+    apt-get install -y "${missing[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+
+swift build -c release
