@@ -18,15 +18,24 @@
  *   - Matrices are dense and row-major: element (i, j) of an n x c matrix is at [i * c + j].
  *   - Inputs are never written. Outputs are written only by the function that fills them, and
  *     only the number of values documented (1 for mean/sum, n for none, n * c for gradients).
- *   - A pointer to an array of zero elements (n == 0) may be NULL; every other pointer must not be.
+ *   - A pointer to an array of zero elements may be NULL; every other pointer must not be. With
+ *     n == 0 that is cos, labels, grad_cos, and loss/grad_loss for reduction none; for mean and
+ *     sum, loss and grad_loss always hold one value and must not be NULL.
  *   - Inputs and outputs must not overlap.
  *   - Every function returns AMM_OK (0) on success or one of the amm_status codes below. On a
  *     non-zero status the contents of the output buffers are unspecified (they may have been
- *     partly written) and amm_last_error() describes the problem, naming the offending row,
- *     column, parameter and value.
- *   - Validation happens before computing, except for the finiteness of cos, which is checked
- *     row by row as the kernel reads it (only rows that are not ignored must be finite). When
- *     several rows are bad, the error names the lowest row index, whatever num_threads is.
+ *     partly written) and amm_last_error() describes the problem: the function's name, then the
+ *     offending row, column or parameter and its value, e.g.
+ *     "amm_forward_f32: labels[3] = 7 is out of range: must be in [0, 5) or equal
+ *     ignore_index (-100)". A successful call leaves the previous message in place.
+ *   - Validation happens before computing, in this order: params (struct_size, the variants,
+ *     then the values), the shape, the pointers, the labels, grad_loss (every value must be
+ *     finite, ignored rows included); the first failure is reported. The finiteness of cos is
+ *     checked row by row as the kernel reads it (only rows that are not ignored must be
+ *     finite); when several rows are bad, the error names the lowest row index, whatever
+ *     num_threads is.
+ *   - A label equal to ignore_index marks its row as ignored even when ignore_index is a valid
+ *     class index in [0, c).
  *
  * THREADS
  *   Every function is reentrant and thread-safe: there is no global mutable state except the
@@ -102,8 +111,9 @@ enum {
  * Always fill with amm_params_init() and then change the fields you need: that sets struct_size,
  * which lets later versions of the library append fields to this struct and still accept
  * callers compiled against this header (a later library gives the fields that the caller's
- * struct_size does not cover their defaults). This library requires struct_size >= 56, the size
- * of this version's struct, and ignores any bytes past the fields it knows.
+ * struct_size does not cover their defaults). This library requires struct_size >= sizeof(amm_params)
+ * of this version (56 bytes on 64-bit platforms), and ignores any bytes past the fields it
+ * knows.
  * ------------------------------------------------------------------------------------------- */
 typedef struct amm_params {
     uint32_t struct_size;  /* sizeof(amm_params) as the caller compiled it                        */

@@ -29,22 +29,23 @@ struct LossCall<T: LossScalar> {
         if mode == .backward { try require(gradLoss, "grad_loss", elements: perRowCount) }
         if mode != .forward { try require(gradCos, "grad_cos", elements: rows * columns) }
 
-        do throws(LossError) {
+        do {
             try validateLabels(UnsafeBufferPointer(start: labels, count: rows),
                                classes: columns, ignoreIndex: parameters.ignoreIndex)
-            if mode == .backward, let gradLoss {
-                for k in 0..<perRowCount where !gradLoss[k].isFinite {
-                    throw LossError.nonFiniteGradOutput(index: k, value: Double(gradLoss[k]))
-                }
+        } catch { throw ABIError(error) }
+        if mode == .backward, let gradLoss {
+            for k in 0..<perRowCount where !gradLoss[k].isFinite {
+                // Named as the C parameter is (the Swift and Python APIs call it grad_output).
+                throw ABIError(AMM_ERR_NONFINITE, "grad_loss[\(k)] = \(gradLoss[k]) is not finite")
             }
+        }
+        do {
             try LossKernels.run(
                 parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
                 outputs: .init(loss: mode == .backward ? nil : loss,
                                gradient: mode == .forward ? nil : gradCos,
                                upstream: mode == .backward ? gradLoss : nil))
-        } catch {
-            throw ABIError(error)
-        }
+        } catch { throw ABIError(error) }
     }
 
     /// A pointer may be NULL only when it addresses zero elements.

@@ -107,7 +107,7 @@ struct ABITests {
         var grad = [Double](repeating: 0, count: 6)
         #expect(amm_backward_f64(&p, cos, 2, 3, labels, [Double.infinity], &grad)
                 == Int32(AMM_ERR_NONFINITE.rawValue))
-        #expect(lastError.contains("grad_output[0] = inf"))
+        #expect(lastError.contains("grad_loss[0] = inf"))
     }
 
     /// What another thread saw: its message before and after its own failing call.
