@@ -2,13 +2,24 @@
 //
 // amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
 //
-// Layout (one concern per target):
-//   AMMSoftmaxCore  the mathematics (angles, margins, mining) and the row kernels, generic over
-//                   Float and Double, with a small Swift API. No pointers from outside, no C.
-//   CAMMSoftmax     the hand-written C header `include/amm_softmax.h`, exposed to Swift as a
-//                   clang module so the ABI layer uses the very struct the C users see.
-//   AMMSoftmax      the C ABI: `@_cdecl` entry points, argument validation, status codes and the
-//                   thread-local error message. Built as the dynamic library libAMMSoftmax.so.
+// Layout (one concern per target; each depends only on those above it):
+//   AMMSoftmaxMath     the mathematics: parameters and their domains, angles, the target logit,
+//                      mining and the negative logit, the vectorised exponential. No loops
+//                      over data, no pointers from outside.
+//   AMMSoftmaxKernels  the row kernels: SIMD loops over one row (statistics, gradient), generic
+//                      and @inlinable, so that each build below compiles its own copy.
+//   AMMKernelsAVX2,    the row kernels compiled for x86-64-v3 (AVX2) and x86-64-v4 (AVX-512),
+//   AMMKernelsAVX512   each in its own shared library (libAMMSoftmaxAVX2.so,
+//                      libAMMSoftmaxAVX512.so) that the core loads only on a CPU that has the
+//                      level; the core's own copy is baseline x86-64 (SSE2) and runs anywhere.
+//   CPlatform          what Swift cannot ask directly: the CPU level, the path of an image.
+//   AMMSoftmaxCore     the whole-matrix kernels: kernel choice, rows over threads, reductions,
+//                      validation, and the Swift API.
+//   CAMMSoftmax        the hand-written C header `include/amm_softmax.h`, exposed to Swift as a
+//                      clang module so the ABI layer uses the very struct the C users see.
+//   AMMSoftmax         the C ABI: `@_cdecl` entry points, argument validation, status codes and
+//                      the thread-local error message. Built as the dynamic library
+//                      libAMMSoftmax.so.
 import PackageDescription
 
 let package = Package(
@@ -18,14 +29,41 @@ let package = Package(
         .library(name: "AMMSoftmax", type: .dynamic, targets: ["AMMSoftmax"]),
         // The Swift API, for Swift packages that depend on this one.
         .library(name: "AMMSoftmaxCore", targets: ["AMMSoftmaxCore"]),
+        // Faster row kernels for newer CPUs, loaded by the library from its own folder when
+        // present and supported (optional: without them the portable kernels run).
+        .library(name: "AMMSoftmaxAVX2", type: .dynamic, targets: ["AMMKernelsAVX2"]),
+        .library(name: "AMMSoftmaxAVX512", type: .dynamic, targets: ["AMMKernelsAVX512"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-numerics", from: "1.1.1"),
     ],
     targets: [
         .target(
-            name: "AMMSoftmaxCore",
+            name: "AMMSoftmaxMath",
             dependencies: [.product(name: "RealModule", package: "swift-numerics")]
+        ),
+        .target(
+            name: "AMMSoftmaxKernels",
+            dependencies: ["AMMSoftmaxMath"]
+        ),
+        // -target-cpu names LLVM's CPU models: haswell and skylake-avx512 enable exactly the
+        // instruction sets of x86-64-v3 and x86-64-v4 that compiled code uses (the extras they
+        // carry, AES, RDRAND, CLWB and the like, are never generated from this code). The CPU
+        // check uses the x86-64-v3/v4 names.
+        .target(
+            name: "AMMKernelsAVX2",
+            dependencies: ["AMMSoftmaxKernels", "AMMSoftmaxMath"],
+            swiftSettings: [.unsafeFlags(["-target-cpu", "haswell"])]
+        ),
+        .target(
+            name: "AMMKernelsAVX512",
+            dependencies: ["AMMSoftmaxKernels", "AMMSoftmaxMath"],
+            swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512"])]
+        ),
+        .target(name: "CPlatform", linkerSettings: [.linkedLibrary("dl")]),
+        .target(
+            name: "AMMSoftmaxCore",
+            dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform"]
         ),
         .systemLibrary(name: "CAMMSoftmax", path: "include"),
         .target(

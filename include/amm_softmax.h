@@ -69,13 +69,16 @@ typedef enum amm_status {
     AMM_ERR_NULL_POINTER = 1,   /* a required pointer (params, an input or an output) is NULL   */
     AMM_ERR_SHAPE = 2,          /* n < 0, c < 1, or n * c does not fit in int64_t              */
     AMM_ERR_LABEL = 3,          /* labels[i] is neither in [0, c) nor params->ignore_index     */
-    AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale, margin, hard_margin,
+    AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale (also: not finite as
+                                   a float, for _f32), margin, hard_margin,
                                    an unknown target/hard/reduction value, num_threads < 0, or
                                    struct_size smaller than the amm_params of version 0.1      */
     AMM_ERR_NONFINITE = 5,      /* cos holds a NaN or an infinity in a row that is not ignored,
                                    or grad_loss holds a NaN or an infinity                      */
     AMM_ERR_ALLOC = 6,          /* the library could not allocate its scratch memory            */
-    AMM_ERR_INTERNAL = 7        /* a bug in the library; please report it with the message      */
+    AMM_ERR_INTERNAL = 7,       /* a bug in the library; please report it with the message      */
+    AMM_ERR_OVERFLOW = 8        /* the logits s * g(cos) of a row overflow the element type
+                                   (float: beyond about 3.4e38), so its loss is not a number  */
 } amm_status;
 
 /* ---------------------------------------------------------------------------------------------
@@ -134,6 +137,13 @@ void amm_params_init(amm_params *p);
 
 /* The library's version as "MAJOR.MINOR.PATCH". A static string: never free it. Thread-safe. */
 const char *amm_version(void);
+
+/* The build of the row kernels this process uses: "avx512" (x86-64-v4), "avx2" (x86-64-v3)
+   or "portable" (any x86-64). The library picks the fastest that the CPU supports and that is
+   installed beside it (libAMMSoftmaxAVX512.so, libAMMSoftmaxAVX2.so, optional), once per
+   process; the environment variable AMM_SOFTMAX_KERNELS=portable|avx2|avx512 caps the choice.
+   Every build computes bitwise the same results. A static string: never free it. Thread-safe. */
+const char *amm_kernel_build(void);
 
 /* The message of the last failed call made on the calling thread, or "" if none has failed.
    The string is owned by the library and stays valid until the next failing call on the same

@@ -16,6 +16,11 @@ public func ammVersion() -> UnsafePointer<CChar> {
     UnsafeRawPointer(libraryVersion.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
+@_cdecl("amm_kernel_build")
+public func ammKernelBuild() -> UnsafePointer<CChar> {
+    KernelBuildName.current
+}
+
 @_cdecl("amm_last_error")
 public func ammLastError() -> UnsafePointer<CChar> {
     LastError.current

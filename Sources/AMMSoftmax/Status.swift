@@ -20,6 +20,7 @@ struct ABIError: Error {
         case .shape: status = AMM_ERR_SHAPE
         case .label: status = AMM_ERR_LABEL
         case .nonFiniteCosine, .nonFiniteGradOutput: status = AMM_ERR_NONFINITE
+        case .overflow: status = AMM_ERR_OVERFLOW
         case .allocation: status = AMM_ERR_ALLOC
         }
         self.init(status, error.description)

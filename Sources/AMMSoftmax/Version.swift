@@ -1,2 +1,21 @@
+import AMMSoftmaxCore
+
 /// The library version, "MAJOR.MINOR.PATCH"; the header's AMM_VERSION_* name the same.
 let libraryVersion: StaticString = "0.1.0"
+
+/// The kernel build in use, as a static C string for `amm_kernel_build()`.
+enum KernelBuildName {
+    private static let avx512: StaticString = "avx512"
+    private static let avx2: StaticString = "avx2"
+    private static let portable: StaticString = "portable"
+
+    static var current: UnsafePointer<CChar> {
+        let name: StaticString
+        switch KernelDispatch.Build(rawValue: KernelDispatch.buildName) ?? .portable {
+        case .avx512: name = avx512
+        case .avx2: name = avx2
+        case .portable: name = portable
+        }
+        return UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)
+    }
+}

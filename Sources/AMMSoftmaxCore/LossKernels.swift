@@ -1,3 +1,5 @@
+import AMMSoftmaxKernels
+
 /// The loss kernels over a whole N x C matrix: forward, backward and both at once.
 ///
 /// These are the entry points the C ABI and the Swift API call. They expect validated
@@ -25,14 +27,20 @@ public enum LossKernels {
     ///
     /// - Precondition: parameters, shape and labels are valid; pointers are valid for the sizes
     ///   above (they may be nil only when the matching size is 0); `upstream` is finite.
-    /// - Throws: `LossError.nonFiniteCosine` for the lowest row (and in it the lowest column)
-    ///   that holds NaN or infinity and is not ignored. The outputs are then unspecified.
+    /// - Throws: `LossError.parameter` if the scale is not finite in T;
+    ///   `LossError.nonFiniteCosine` for the lowest row (and in it the lowest column) that
+    ///   holds NaN or infinity and is not ignored; `LossError.overflow` for the lowest row
+    ///   whose logits overflow T. The outputs are then unspecified.
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func run<T: LossScalar>(
         parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
         labels: UnsafePointer<Int64>?, outputs: Outputs<T>
     ) throws(LossError) {
+        guard T(parameters.scale).isFinite else {
+            throw .parameter(name: "scale", value: "\(parameters.scale)",
+                             requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
+        }
         let reduction = parameters.reduction
         let ignore = parameters.ignoreIndex
         var counted = 0
@@ -50,18 +58,27 @@ public enum LossKernels {
             rowFactor = 1
         }
 
-        let kernel = RowKernel<T>(parameters: parameters, columns: columns)
-        let workers = RowParallel.workerCount(rows: rows, threads: parameters.numThreads)
+        let kernels = RowKernels<T>()
+        let workers = RowParallel.workerCount(rows: rows, columns: columns,
+                                                  threads: parameters.numThreads)
         // Per-row losses in Double, summed in row order afterwards (thread-count independent).
         let rowLosses = UnsafeMutableBufferPointer<Double>.allocate(capacity: Swift.max(rows, 1))
         defer { rowLosses.deallocate() }
         // The first failure each worker met (its rows increase, so it is that worker's lowest).
-        let failures = UnsafeMutableBufferPointer<(row: Int, column: Int, value: Double)?>
+        let failures = UnsafeMutableBufferPointer<(row: Int, error: LossError)?>
             .allocate(capacity: workers)
         failures.initialize(repeating: nil)
         defer { failures.deallocate() }
 
-        RowParallel.forEachRow(rows: rows, threads: parameters.numThreads) { i, worker in
+        // A row whose loss is not a number although its input is finite: its logits overflowed.
+        func overflowed(_ st: RowStatistics<T>, row: Int, worker: Int) -> Bool {
+            if st.loss.isFinite { return false }
+            failures[worker] = (row, .overflow(row: row, elementType: "\(T.self)",
+                                               largest: Double(T.greatestFiniteMagnitude)))
+            return true
+        }
+
+        RowParallel.forEachRow(rows: rows, columns: columns, threads: parameters.numThreads) { i, worker in
             let label = labels![i]
             let gradientRow = outputs.gradient.map { $0 + i * columns }
             guard label != ignore else {
@@ -71,24 +88,35 @@ public enum LossKernels {
             }
             let row = cos! + i * columns
             let y = Int(label)
-            switch kernel.statistics(row, label: y) {
-            case .failure(let bad):
-                failures[worker] = (i, bad.column, bad.value)
-                return false
-            case .success(let st):
-                rowLosses[i] = st.loss
-                if let gradientRow {
-                    let upstream = reduction == .none
-                        ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
-                    kernel.writeGradient(row, label: y, statistics: st, upstream: upstream,
-                                         into: gradientRow)
+            let blocks = gradientRow == nil ? 1 : RowKernel<T>.blockCount(columns: columns)
+            return withUnsafeTemporaryAllocation(of: T.self, capacity: blocks) { references in
+                withUnsafeTemporaryAllocation(of: RowStatistics<T>.self, capacity: 1) { slot in
+                    let references = gradientRow == nil ? nil : references.baseAddress
+                    let statistics = slot.baseAddress!
+                    let badColumn = withUnsafePointer(to: parameters) {
+                        kernels.statistics(row, columns, y, $0, gradientRow, references,
+                                           statistics)
+                    }
+                    guard badColumn < 0 else {
+                        failures[worker] = (i, .nonFiniteCosine(
+                            row: i, column: badColumn, value: Double(row[badColumn])))
+                        return false
+                    }
+                    rowLosses[i] = statistics.pointee.loss
+                    if overflowed(statistics.pointee, row: i, worker: worker) { return false }
+                    if let gradientRow, let references {
+                        let upstream = reduction == .none
+                            ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
+                        kernels.gradient(columns, y, statistics, references, upstream,
+                                         gradientRow)
+                    }
+                    return true
                 }
-                return true
             }
         }
 
         if let first = failures.compactMap({ $0 }).min(by: { $0.row < $1.row }) {
-            throw .nonFiniteCosine(row: first.row, column: first.column, value: first.value)
+            throw first.error
         }
         guard let loss = outputs.loss else { return }
         switch reduction {

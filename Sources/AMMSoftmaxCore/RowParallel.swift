@@ -25,12 +25,12 @@ enum RowParallel {
     /// Runs `body(row, worker)` for every row in [0, rows), on up to `threads` workers
     /// (0 = one per core). `body` returns false to stop its worker (used on the first error,
     /// since a worker's later rows all have larger indices). `worker` is in
-    /// [0, workerCount(rows:threads:)).
+    /// [0, workerCount(rows:columns:threads:)).
     static func forEachRow(
-        rows: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool
+        rows: Int, columns: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool
     ) {
         let blocks = (rows + blockRows - 1) / blockRows
-        let workers = workerCount(rows: rows, threads: threads)
+        let workers = workerCount(rows: rows, columns: columns, threads: threads)
         func work(_ worker: Int) {
             var block = worker
             while block < blocks {
@@ -53,11 +53,18 @@ enum RowParallel {
         }
     }
 
+    /// The elements one worker should have at least: waking a thread costs about as much as
+    /// computing a few thousand elements, so small calls stay on the calling thread.
+    static let elementsPerWorker = 65_536
+
     /// The worker count `forEachRow` uses for these arguments: size per-worker state with it.
-    static func workerCount(rows: Int, threads: Int) -> Int {
+    /// It never changes a result, only how the rows are shared.
+    static func workerCount(rows: Int, columns: Int, threads: Int) -> Int {
         let blocks = (rows + blockRows - 1) / blockRows
         let requested = threads == 0 ? availableCores : threads
-        return Swift.max(1, Swift.min(requested, blocks))
+        let worthwhile = rows.multipliedReportingOverflow(by: columns).partialValue
+            / elementsPerWorker
+        return Swift.max(1, Swift.min(requested, blocks, worthwhile))
     }
 }
 

@@ -76,3 +76,45 @@ struct ValidationTests {
         }
     }
 }
+
+/// Inputs whose logits cannot be represented, and the lowest bad column when the target is bad.
+@Suite("Overflow and error positions")
+struct OverflowTests {
+    @Test func floatScaleBeyondFloatIsRefused() {
+        #expect(throws: LossError.self) {
+            _ = try AMMSoftmaxLoss(LossParameters(scale: 1e39))
+                .forward(cos: [Float](repeating: 0.1, count: 4), labels: [0, 1], classes: 2)
+        }
+        // The same scale is fine in Double.
+        #expect(throws: Never.self) {
+            _ = try AMMSoftmaxLoss(LossParameters(scale: 1e39))
+                .forward(cos: [Double](repeating: 0.1, count: 4), labels: [0, 1], classes: 2)
+        }
+    }
+
+    @Test func overflowingLogitsNameTheRow() {
+        // s g = 2e38 * (2.2 c + 1.2) overflows Float for c near 1: row 1 only.
+        let p = LossParameters(scale: 2e38, hardMargin: 1.2, hard: .mvAdaptive, reduction: .none)
+        do {
+            _ = try AMMSoftmaxLoss(p).forwardBackward(cos: [Float]([0.9, -0.5, -0.9, 0.95]),
+                                                      labels: [0, 0], classes: 2)
+            Issue.record("no error")
+        } catch {
+            #expect(error == .overflow(row: 1, elementType: "Float",
+                                       largest: Double(Float.greatestFiniteMagnitude)))
+            #expect(error.description.contains("row 1") && error.description.contains("scale"))
+        }
+    }
+
+    @Test func lowestColumnIsNamedWhenTheTargetIsBad() throws {
+        var cos = [Double](repeating: 0.1, count: 6)
+        cos[1] = .nan
+        cos[5] = .infinity
+        do {
+            _ = try AMMSoftmaxLoss().forward(cos: cos, labels: [5], classes: 6)
+            Issue.record("no error")
+        } catch {
+            #expect(error.description.contains("cos[0, 1] = nan"), "\(error)")
+        }
+    }
+}

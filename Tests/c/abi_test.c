@@ -448,6 +448,11 @@ static void test_params_init_and_version(void)
     CHECK(v != NULL && strcmp(v, expected) == 0, "amm_version() = \"%s\", header says \"%s\"",
           v ? v : "(null)", expected);
     CHECK(amm_version() == v, "amm_version() returns the same static string");
+    const char *build = amm_kernel_build();
+    CHECK(build != NULL && (strcmp(build, "avx512") == 0 || strcmp(build, "avx2") == 0 ||
+                            strcmp(build, "portable") == 0),
+          "amm_kernel_build() = \"%s\" names a build", build ? build : "(null)");
+    CHECK(amm_kernel_build() == build, "amm_kernel_build() returns the same static string");
 }
 
 static void test_null_pointers(void)

@@ -26,8 +26,8 @@ non-finite values) naming the parameter, row or column and the value. Inputs are
 modified. `amm_softmax.reference` computes the same in plain NumPy.
 """
 from . import reference
-from ._api import backward, forward, forward_backward, library_version
+from ._api import backward, forward, forward_backward, kernel_build, library_version
 
 __version__ = "0.1.0"
 __all__ = ["forward", "backward", "forward_backward", "reference", "library_version",
-           "__version__"]
+           "kernel_build", "__version__"]

@@ -44,8 +44,10 @@ def _prepare(cos, labels, params):
     p = check_params(**params)
     cos = check_cos(cos)
     labels = check_labels(labels, cos.shape[0], cos.shape[1], p.ignore_index)
-    # The library reads dense row-major rows: copy only what is not already that.
-    return p, np.ascontiguousarray(cos), labels
+    # The library reads dense, aligned, row-major rows: copy only what is not already that.
+    if not (cos.flags.c_contiguous and cos.flags.aligned):
+        cos = np.array(cos, order="C")
+    return p, cos, labels
 
 
 def _loss_out(p: Params, cos: np.ndarray) -> np.ndarray:
@@ -72,7 +74,13 @@ def backward(cos, labels, grad_output=1.0, **params):
     """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
     shaped and typed like cos."""
     p, cos, labels = _prepare(cos, labels, params)
-    upstream = check_grad_output(grad_output, cos.shape[0], p.reduction).astype(cos.dtype)
+    upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
+    largest = np.finfo(cos.dtype).max
+    if np.abs(upstream).max(initial=0) > largest:
+        k = int(np.argmax(np.abs(upstream) > largest))
+        raise ValueError(f"grad_output[{k}] = {float(upstream[k])!r} is out of range for {cos.dtype} "
+                         f"(|value| <= {largest})")
+    upstream = upstream.astype(cos.dtype)
     lib = L.load()
     grad = np.empty(cos.shape, dtype=cos.dtype)
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
@@ -98,3 +106,9 @@ def forward_backward(cos, labels, **params):
 def library_version() -> str:
     """The version string of the loaded library (amm_version())."""
     return L.load().amm_version().decode()
+
+
+def kernel_build() -> str:
+    """The build of the row kernels in use: "avx512", "avx2" or "portable" (amm_kernel_build()).
+    Set AMM_SOFTMAX_KERNELS before the first call to cap it; results are the same bits."""
+    return L.load().amm_kernel_build().decode()

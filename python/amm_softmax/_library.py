@@ -22,6 +22,7 @@ AMM_ERR_PARAM = 4
 AMM_ERR_NONFINITE = 5
 AMM_ERR_ALLOC = 6
 AMM_ERR_INTERNAL = 7
+AMM_ERR_OVERFLOW = 8
 
 TARGET_CODES = {"arc": 0, "cos": 1}
 HARD_CODES = {"amm": 0, "mv-fixed": 1, "mv-adaptive": 2, "none": 3}
@@ -65,6 +66,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.amm_params_init.restype = None
     lib.amm_version.argtypes = []
     lib.amm_version.restype = ctypes.c_char_p
+    lib.amm_kernel_build.argtypes = []
+    lib.amm_kernel_build.restype = ctypes.c_char_p
     lib.amm_last_error.argtypes = []
     lib.amm_last_error.restype = ctypes.c_char_p
     for suffix in ("f32", "f64"):

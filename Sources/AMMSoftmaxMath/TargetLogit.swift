@@ -4,18 +4,18 @@ import RealModule
 ///
 /// Computed once per row, in Double whatever the input precision, so that the mining threshold
 /// that depends on it is the same for f32 and f64 inputs holding the same values.
-struct TargetLogit {
+public struct TargetLogit: Sendable {
     /// f(c_y), before the scale.
-    let value: Double
+    public let value: Double
     /// df/dc_y.
-    let derivative: Double
+    public let derivative: Double
 
     /// - Parameters:
     ///   - cy: the target cosine, finite (not clamped: the clamp is applied where an angle is
     ///     taken, as FORMULATION.md says).
     ///   - kind: arc or cos.
     ///   - margin: m, already validated for `kind`.
-    init(cosine cy: Double, kind: TargetKind, margin m: Double) {
+    public init(cosine cy: Double, kind: TargetKind, margin m: Double) {
         switch kind {
         case .cos:
             value = cy - m

@@ -11,6 +11,9 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     case nonFiniteCosine(row: Int, column: Int, value: Double)
     /// The upstream gradient holds NaN or infinity at `index`.
     case nonFiniteGradOutput(index: Int, value: Double)
+    /// The logits of `row` overflow the element type (s g(cos) beyond its largest finite value,
+    /// about 3.4e38 for Float), so that its loss is not a number.
+    case overflow(row: Int, elementType: String, largest: Double)
     /// Scratch memory could not be allocated.
     case allocation(bytes: Int)
 
@@ -27,6 +30,9 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
             return "cos[\(row), \(column)] = \(value) is not finite (row \(row) is not ignored)"
         case let .nonFiniteGradOutput(index, value):
             return "grad_output[\(index)] = \(value) is not finite"
+        case let .overflow(row, type, largest):
+            return "the logits of row \(row) overflow \(type): scale * g(cos) exceeds \(largest); "
+                + "lower scale, or bring cos into [-1, 1]"
         case let .allocation(bytes):
             return "could not allocate \(bytes) bytes of scratch memory"
         }

@@ -1,0 +1,284 @@
+import AMMSoftmaxMath
+import RealModule
+
+/// The loss of one row and its gradient, over SIMD vectors: the unit of work every kernel is
+/// made of.
+///
+/// For row i with target y, z_y = s f(c_y) and z_j = s g(c_j) (j != y), and
+/// loss_i = logsumexp_j z_j - z_y; the gradient is s (p_j - [j == y]) dz_j/dc_j, p = softmax(z).
+///
+/// Two passes, one exponential per element, one read of the row from memory:
+/// 1. `statistics` walks the row in blocks of `blockSize` elements (4 or 8 KiB, in L1). For each
+///    block it writes the logits z_j into a block buffer and takes their maximum; raises the
+///    running reference r (the largest negative logit so far) if the block's maximum is above
+///    it, rescaling the running sum once; then turns the buffer into e_j = exp(z_j - r) and adds
+///    them up. For a gradient, the buffer is the gradient row itself, so the exponentials stay
+///    there and each block's r is recorded.
+/// 2. `writeGradient` turns them into gradients in place: p_j = e_j exp(r_block - max) / total,
+///    one multiplication per element, times dg/dc_j, which needs the cosine again (read from
+///    cache: a 100,000-class f32 row is 400 KB, within L2) only for vectors holding a hard
+///    negative.
+///
+/// Every function here is `@inlinable`, so that the modules built for wider instruction sets
+/// compile their own copy with their CPU flags. The vector width is fixed by `T.Vector`
+/// whatever the instruction set, and no fused multiply-add is used, so every build computes the
+/// same bits.
+///
+/// Precision: logits, exponentials and gradients are computed in T; the target logit, the
+/// running sums and the row loss in Double. 1 - p_y is computed as (sum of negative
+/// exponentials) / (total), never as 1 - p_y.
+public enum RowKernel<T: LossScalar> {
+    /// Elements per block: a multiple of the vector width.
+    @inlinable public static var blockSize: Int { 1024 }
+
+    /// The number of blocks a row of `columns` elements has (the size of `blockReferences`).
+    @inlinable
+    public static func blockCount(columns: Int) -> Int { (columns + blockSize - 1) / blockSize }
+
+    @inlinable @inline(__always)
+    static var width: Int { T.Vector.scalarCount }
+
+    @inlinable @inline(__always)
+    static func load(_ p: UnsafePointer<T>) -> T.Vector {
+        UnsafeRawPointer(p).loadUnaligned(as: T.Vector.self)
+    }
+
+    @inlinable @inline(__always)
+    static func store(_ v: T.Vector, _ p: UnsafeMutablePointer<T>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: v, as: T.Vector.self)
+    }
+
+    /// The first `count` (< width) values at p, the other lanes 0.
+    @inlinable @inline(__always)
+    static func loadPartial(_ p: UnsafePointer<T>, count: Int) -> T.Vector {
+        var v = T.Vector()
+        for k in 0..<count { v[k] = p[k] }
+        return v
+    }
+
+    /// The statistics pass.
+    ///
+    /// - Parameters:
+    ///   - weightedExponentials: nil for the loss alone; for a gradient, the gradient row
+    ///     (`columns` values), which receives e_j dg/dc_j with e_j = exp(z_j - r_block)
+    ///     (and 0 at the target), ready for `writeGradient`.
+    ///   - blockReferences: with `weightedExponentials`, room for `blockCount(columns:)` values:
+    ///     each block's r.
+    /// - Returns: the row's statistics, or the first non-finite column.
+    @inlinable
+    public static func statistics(
+        _ row: UnsafePointer<T>, columns: Int, label y: Int, parameters: LossParameters,
+        weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?
+    ) -> Result<RowStatistics<T>, NonFiniteValue> {
+        let cy = row[y]
+        guard cy.isFinite else { return .failure(firstNonFinite(row, columns: columns)) }
+        let target = TargetLogit(cosine: Double(cy), kind: parameters.target,
+                                 margin: parameters.margin)
+        let negatives = NegativeLogit<T>(kind: parameters.hard,
+                                         hardMargin: parameters.hardMargin, target: target)
+        let scale = T(parameters.scale)
+        let withGradient = weightedExponentials != nil
+        var reference = -T.infinity  // the largest negative logit so far
+        var sum = 0.0                // of exp(z_j - reference) over the negatives so far
+        var poison = T.Vector()      // sums c - c: NaN exactly when some c was NaN or infinite
+
+        // scratch: one block for the logits (loss alone) or for dg/dc (with a gradient).
+        withUnsafeTemporaryAllocation(of: T.self, capacity: blockSize) { scratch in
+            let scratch = scratch.baseAddress!
+            var start = 0
+            var block = 0
+            while start < columns {
+                let count = Swift.min(blockSize, columns - start)
+                let cosines = row + start
+                let logits = weightedExponentials.map { $0 + start } ?? scratch
+                // 1. The block's logits (and slopes), and their maximum. A partial last vector
+                //    is kept in registers, padded with -inf, and written only where it exists.
+                var blockMax = T.Vector(repeating: -T.infinity)
+                var j = 0
+                var tail = T.Vector(repeating: -T.infinity)
+                if withGradient {
+                    while j + width <= count {
+                        let c = load(cosines + j)
+                        poison += c - c
+                        let (g, dg) = negatives.valuesAndDerivatives(c)
+                        store(dg, scratch + j)
+                        let z = g * scale
+                        store(z, logits + j)
+                        blockMax = T.vectorMaximum(blockMax, z)
+                        j += width
+                    }
+                    if j < count {
+                        let c = loadPartial(cosines + j, count: count - j)
+                        poison += c - c
+                        let (g, dg) = negatives.valuesAndDerivatives(c)
+                        store(dg, scratch + j)
+                        let z = g * scale
+                        for k in 0..<(count - j) { tail[k] = z[k] }
+                    }
+                } else {
+                    while j + width <= count {
+                        let c = load(cosines + j)
+                        poison += c - c
+                        let z = negatives.values(c) * scale
+                        store(z, logits + j)
+                        blockMax = T.vectorMaximum(blockMax, z)
+                        j += width
+                    }
+                    if j < count {
+                        let c = loadPartial(cosines + j, count: count - j)
+                        poison += c - c
+                        let z = negatives.values(c) * scale
+                        for k in 0..<(count - j) { tail[k] = z[k] }
+                    }
+                }
+                let whole = j
+                blockMax = T.vectorMaximum(blockMax, tail)
+                // The target is not a negative: take it out (one block per row).
+                if y >= start, y < start + count {
+                    if y - start < whole { logits[y - start] = -T.infinity }
+                    else { tail[y - start - whole] = -T.infinity }
+                    blockMax = tail
+                    for k in stride(from: 0, to: whole, by: width) {
+                        blockMax = T.vectorMaximum(blockMax, load(logits + k))
+                    }
+                }
+                // 2. Raise the reference if needed, then exponentiate and add the block.
+                let top = blockMax.max()
+                if top > reference {
+                    sum *= Double.exp(Double(reference) - Double(top))
+                    reference = top
+                }
+                blockReferences?[block] = reference
+                let shift = T.Vector(repeating: reference)
+                var blockSum = T.Vector()
+                if top > -T.infinity {
+                    for k in stride(from: 0, to: whole, by: width) {
+                        let e = T.vectorExp(load(logits + k) - shift)
+                        blockSum += e
+                        if withGradient { store(e * load(scratch + k), logits + k) }
+                    }
+                    if whole < count {
+                        let e = T.vectorExp(tail - shift)
+                        blockSum += e
+                        if withGradient {
+                            let weighted = e * loadPartial(scratch + whole, count: count - whole)
+                            for k in 0..<(count - whole) { logits[whole + k] = weighted[k] }
+                        }
+                    }
+                    sum += Double(blockSum.sum())
+                } else if withGradient {
+                    logits.update(repeating: 0, count: count)
+                }
+                start += count
+                block += 1
+            }
+        }
+
+        if poison.sum().isNaN { return .failure(firstNonFinite(row, columns: columns)) }
+        return .success(RowStatistics(target: target, negatives: negatives,
+                                      scale: parameters.scale, negativeMaximum: reference,
+                                      negativeSum: sum))
+    }
+
+    /// The lowest column of a row known to hold a NaN or an infinity.
+    @inlinable
+    static func firstNonFinite(_ row: UnsafePointer<T>, columns: Int) -> NonFiniteValue {
+        var j = 0
+        while row[j].isFinite { j += 1 }
+        return NonFiniteValue(column: j, value: Double(row[j]))
+    }
+
+    /// The gradient pass: turns the weighted exponentials left in `gradient` by `statistics`
+    /// into `upstream * dloss_i/dcos_ij` for every j: one multiplication per element.
+    /// `upstream` already holds the reduction's factor (1/count for mean).
+    @inlinable
+    public static func writeGradient(
+        columns: Int, label y: Int, statistics st: RowStatistics<T>,
+        blockReferences: UnsafePointer<T>, upstream: Double, gradient: UnsafeMutablePointer<T>
+    ) {
+        var start = 0
+        var block = 0
+        while start < columns {
+            let count = Swift.min(blockSize, columns - start)
+            let out = gradient + start
+            // p_j = e_j exp(r_block - maximum) / total.
+            let factor = T(upstream * st.scale
+                           * st.probabilityFactor(reference: blockReferences[block]))
+            let factors = T.Vector(repeating: factor)
+            var j = 0
+            while j + width <= count {
+                store(load(out + j) * factors, out + j)
+                j += width
+            }
+            while j < count {
+                out[j] *= factor
+                j += 1
+            }
+            start += count
+            block += 1
+        }
+        // p_y - 1 = -(negative sum) / total, exact where p_y is close to 1.
+        gradient[y] = T(-upstream * st.scale * (st.negativeSum / st.total)
+                        * st.target.derivative)
+    }
+}
+
+/// What the statistics pass learns about a row.
+public struct RowStatistics<T: LossScalar> {
+    public let target: TargetLogit
+    public let negatives: NegativeLogit<T>
+    /// s.
+    public let scale: Double
+    /// s f(c_y), in Double.
+    public let targetLogit: Double
+    /// The largest negative logit, and the largest logit of the row.
+    public let negativeMaximum: T
+    public let maximum: Double
+    /// sum over j != y of exp(z_j - maximum), and exp(z_y - maximum).
+    public let negativeSum: Double
+    public let targetExp: Double
+
+    @inlinable
+    init(target: TargetLogit, negatives: NegativeLogit<T>, scale: Double, negativeMaximum: T,
+         negativeSum sumAtNegativeMaximum: Double) {
+        self.target = target
+        self.negatives = negatives
+        self.scale = scale
+        self.negativeMaximum = negativeMaximum
+        targetLogit = scale * target.value
+        maximum = Swift.max(Double(negativeMaximum), targetLogit)
+        // With no negative (C = 1) the sum is 0 and the maximum -inf: nothing to rescale.
+        let rescale = negativeMaximum > -T.infinity
+            ? Double.exp(Double(negativeMaximum) - maximum) : 0
+        negativeSum = sumAtNegativeMaximum * rescale
+        targetExp = Double.exp(targetLogit - maximum)
+    }
+
+    /// The softmax denominator relative to the maximum.
+    @inlinable public var total: Double { negativeSum + targetExp }
+
+    /// exp(reference - maximum) / total: turns exp(z_j - reference) into p_j.
+    @inlinable
+    public func probabilityFactor(reference: T) -> Double {
+        reference > -T.infinity ? Double.exp(Double(reference) - maximum) / total : 0
+    }
+
+    /// logsumexp(z) - z_y, computed as log1p when the target holds the maximum (a
+    /// well-classified row), where it keeps relative precision in a tiny loss.
+    @inlinable public var loss: Double {
+        if targetLogit >= maximum { return Double.log(onePlus: negativeSum) }
+        return Double.log(total) + maximum - targetLogit
+    }
+}
+
+/// A NaN or infinity found in a row that is not ignored.
+public struct NonFiniteValue: Error, Sendable {
+    public let column: Int
+    public let value: Double
+
+    @inlinable
+    public init(column: Int, value: Double) {
+        self.column = column
+        self.value = value
+    }
+}

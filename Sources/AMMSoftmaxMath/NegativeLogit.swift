@@ -1,0 +1,99 @@
+import RealModule
+
+/// The negative logit g(c_j) and its derivative dg/dc_j for one row (FORMULATION.md, "Hard
+/// negatives" and "Negative logit"), evaluated in the element precision T, for one value or a
+/// vector of them.
+///
+/// Mining: a negative is hard when c_j > f(c_y), a comparison made exactly as in Double (the
+/// threshold is rounded down to T, see `LossScalar.largest(notAbove:)`), so f32 and f64 inputs
+/// holding the same values mine the same classes. No gradient flows through the mining.
+///
+/// Mining comes first: easy negatives (the great majority in training) cost one comparison,
+/// and the square root of the amm margin is taken only for vectors holding a hard negative.
+/// No acos or cos is ever evaluated: cos(theta - t) = c cos t + sqrt(1 - c^2) sin t.
+public struct NegativeLogit<T: LossScalar> {
+    public let kind: HardKind
+    /// c_j > threshold  <=>  c_j is a hard negative.
+    public let threshold: T
+    /// For amm: cos(t), sin(t), and the largest T below cos(t) (theta_j > t  <=>  c~_j < cos t).
+    @usableFromInline let cosT: T, sinT: T, angleBound: T
+    /// For mv-fixed and mv-adaptive: the slope and the offset of the linear map.
+    @usableFromInline let slope: T, offset: T
+
+    public init(kind: HardKind, hardMargin t: Double, target: TargetLogit) {
+        self.kind = kind
+        threshold = T.largest(notAbove: target.value)
+        cosT = T(Double.cos(t))
+        sinT = T(Double.sin(t))
+        angleBound = T.largest(below: Double.cos(t))
+        switch kind {
+        case .mvFixed: slope = T(t); offset = T(t - 1)
+        case .mvAdaptive: slope = T(t + 1); offset = T(t)
+        case .amm, .none: slope = 1; offset = 0
+        }
+    }
+
+    // MARK: One value (used at row tails and to locate errors)
+
+    @inlinable @inline(__always)
+    public func isHard(_ c: T) -> Bool { c > threshold }
+
+    /// g(c): c itself for easy negatives, the re-weighted logit for hard ones.
+    @inlinable
+    public func value(_ c: T) -> T { values(T.Vector(repeating: c))[0] }
+
+    /// dg/dc at c: 1 for easy negatives.
+    @inlinable
+    public func derivative(_ c: T) -> T { valuesAndDerivatives(T.Vector(repeating: c)).1[0] }
+
+    // MARK: A vector of values
+
+    /// g for every lane.
+    @inlinable @inline(__always)
+    public func values(_ c: T.Vector) -> T.Vector {
+        let threshold = T.Vector(repeating: self.threshold)
+        guard kind != .none, T.vectorAny(c, greaterThan: threshold) else { return c }
+        let g: T.Vector
+        switch kind {
+        case .amm:
+            let x = T.vectorClampUnit(c)
+            let sine = T.vectorRootAndReciprocalRoot((1 - x) * (1 + x)).root
+            // theta <= t (x above the bound): g = cos(0) = 1.
+            g = T.vectorSelect(x, greaterThan: T.Vector(repeating: angleBound),
+                               T.Vector(repeating: 1), x * cosT + sine * sinT)
+        case .mvFixed, .mvAdaptive:
+            g = c * slope + offset
+        case .none:
+            g = c
+        }
+        return T.vectorSelect(c, greaterThan: threshold, g, c)
+    }
+
+    /// g and dg/dc for every lane (dg = 1 for easy negatives), sharing one square root. The
+    /// values are bit for bit those of `values`.
+    @inlinable @inline(__always)
+    public func valuesAndDerivatives(_ c: T.Vector) -> (value: T.Vector, derivative: T.Vector) {
+        let one = T.Vector(repeating: 1)
+        let threshold = T.Vector(repeating: self.threshold)
+        guard kind != .none, T.vectorAny(c, greaterThan: threshold) else { return (c, one) }
+        let g: T.Vector, dg: T.Vector
+        switch kind {
+        case .amm:
+            let x = T.vectorClampUnit(c)
+            let (sine, reciprocal) = T.vectorRootAndReciprocalRoot((1 - x) * (1 + x))
+            let bound = T.Vector(repeating: angleBound)
+            g = T.vectorSelect(x, greaterThan: bound, one, x * cosT + sine * sinT)
+            // 1 / max(sin(theta), 1e-7) = min(1 / sin(theta), 1e7); theta <= t: dg = 0.
+            let ceiling = T.Vector(repeating: T(1 / Angles.sinFloor))
+            let inverseSine = T.vectorSelect(reciprocal, greaterThan: ceiling, ceiling, reciprocal)
+            dg = T.vectorSelect(x, greaterThan: bound, T.Vector(), cosT - sinT * x * inverseSine)
+        case .mvFixed, .mvAdaptive:
+            g = c * slope + offset
+            dg = T.Vector(repeating: slope)
+        case .none:
+            return (c, one)
+        }
+        return (T.vectorSelect(c, greaterThan: threshold, g, c),
+                T.vectorSelect(c, greaterThan: threshold, dg, one))
+    }
+}
