@@ -94,42 +94,28 @@ public enum RowKernel<T: LossScalar> {
                 // 1. The block's logits (and slopes), and their maximum. A partial last vector
                 //    is kept in registers, padded with -inf, and written only where it exists.
                 var blockMax = T.Vector(repeating: -T.infinity)
-                var j = 0
                 var tail = T.Vector(repeating: -T.infinity)
-                if withGradient {
-                    while j + width <= count {
-                        let c = load(cosines + j)
-                        poison += c - c
+                var j = 0
+                while j < count {
+                    let partial = count - j < width
+                    let c = partial ? loadPartial(cosines + j, count: count - j)
+                                    : load(cosines + j)
+                    poison += c - c
+                    let z: T.Vector
+                    if withGradient {
                         let (g, dg) = negatives.valuesAndDerivatives(c)
                         store(dg, scratch + j)
-                        let z = g * scale
-                        store(z, logits + j)
-                        blockMax = T.vectorMaximum(blockMax, z)
-                        j += width
+                        z = g * scale
+                    } else {
+                        z = negatives.values(c) * scale
                     }
-                    if j < count {
-                        let c = loadPartial(cosines + j, count: count - j)
-                        poison += c - c
-                        let (g, dg) = negatives.valuesAndDerivatives(c)
-                        store(dg, scratch + j)
-                        let z = g * scale
+                    if partial {
                         for k in 0..<(count - j) { tail[k] = z[k] }
+                        break
                     }
-                } else {
-                    while j + width <= count {
-                        let c = load(cosines + j)
-                        poison += c - c
-                        let z = negatives.values(c) * scale
-                        store(z, logits + j)
-                        blockMax = T.vectorMaximum(blockMax, z)
-                        j += width
-                    }
-                    if j < count {
-                        let c = loadPartial(cosines + j, count: count - j)
-                        poison += c - c
-                        let z = negatives.values(c) * scale
-                        for k in 0..<(count - j) { tail[k] = z[k] }
-                    }
+                    store(z, logits + j)
+                    blockMax = T.vectorMaximum(blockMax, z)
+                    j += width
                 }
                 let whole = j
                 blockMax = T.vectorMaximum(blockMax, tail)

@@ -12,7 +12,11 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     /// e^x for every lane, with the accuracy documented in VectorExp.swift.
     static func vectorExp(_ x: Vector) -> Vector
 
-    /// sqrt(x) and 1/sqrt(x) for every lane, x in [0, 1] (VectorSquareRoot.swift).
+    /// sqrt(x) for every lane, x in [0, 1] (VectorSquareRoot.swift).
+    static func vectorRoot(_ x: Vector) -> Vector
+
+    /// sqrt(x) and 1/sqrt(x) for every lane, x in [0, 1]; the root is bit for bit that of
+    /// `vectorRoot`.
     static func vectorRootAndReciprocalRoot(_ x: Vector) -> (root: Vector, reciprocal: Vector)
 
     /// For every lane: `ifTrue` where a > b, else `ifFalse`.

@@ -57,7 +57,7 @@ public struct NegativeLogit<T: LossScalar> {
         switch kind {
         case .amm:
             let x = T.vectorClampUnit(c)
-            let sine = T.vectorRootAndReciprocalRoot((1 - x) * (1 + x)).root
+            let sine = T.vectorRoot((1 - x) * (1 + x))
             // theta <= t (x above the bound): g = cos(0) = 1.
             g = T.vectorSelect(x, greaterThan: T.Vector(repeating: angleBound),
                                T.Vector(repeating: 1), x * cosT + sine * sinT)

@@ -12,6 +12,8 @@
 /// number (x < -87.33 for Float, x < -708.39 for Double, and x = -infinity) are flushed to +0;
 /// x must not exceed 88.7 (Float) or 709.7 (Double), which the kernels guarantee since they
 /// only exponentiate z - max(z) <= 0 and differences of logits. NaN in, unspecified out.
+/// Below the normal range the arithmetic produces garbage (k wraps the exponent field, and at
+/// -infinity r is NaN), which the final selection replaces with 0; so no clamp of x is needed.
 /// Only +, -, * and bit operations are used, never a fused multiply-add, so that every
 /// instruction set computes the same bits.
 extension Float {
@@ -21,10 +23,9 @@ extension Float {
         let magic: Float = 12_582_912  // 1.5 * 2^23
         let ln2hi: Float = 0.693359375, ln2lo: Float = -2.12194440e-4
         let minimum: Float = -87.33654  // ln(2^-126)
-        let xc = x.replacing(with: minimum, where: x .< minimum)
-        let t = xc * log2e + magic
+        let t = x * log2e + magic
         let k = t - magic  // round(x / ln 2), exact
-        let r = (xc - k * ln2hi) - k * ln2lo
+        let r = (x - k * ln2hi) - k * ln2lo
         var p = r * Float(1.9875691500e-4) + Float(1.3981999507e-3)
         p = p * r + Float(8.3334519073e-3)
         p = p * r + Float(4.1665795894e-2)
@@ -45,10 +46,9 @@ extension Double {
         let magic = 6_755_399_441_055_744.0  // 1.5 * 2^52
         let ln2hi = 0.693147180369123816490, ln2lo = 1.90821492927058770002e-10
         let minimum = -708.3964185322641  // ln(2^-1022)
-        let xc = x.replacing(with: minimum, where: x .< minimum)
-        let t = xc * log2e + magic
+        let t = x * log2e + magic
         let k = t - magic
-        let r = (xc - k * ln2hi) - k * ln2lo
+        let r = (x - k * ln2hi) - k * ln2lo
         // Taylor series of e^r to r^13 / 13!: truncation below 2e-18 for |r| <= ln(2)/2.
         var p = r * (1.0 / 6_227_020_800) + 1.0 / 479_001_600
         p = p * r + 1.0 / 39_916_800

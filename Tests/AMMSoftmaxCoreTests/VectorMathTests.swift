@@ -74,3 +74,17 @@ struct VectorMathTests {
         #expect(Double.vectorRootAndReciprocalRoot(SIMD8<Double>()).root == .zero)
     }
 }
+
+extension VectorMathTests {
+    /// The root alone and the root with its reciprocal agree bit for bit (the two passes of the
+    /// kernels must see the same logits).
+    @Test func rootAloneMatchesRootWithReciprocal() {
+        var rng = SeededGenerator(seed: 4)
+        for _ in 0..<4096 {
+            let xf = SIMD16<Float>((0..<16).map { _ in Float.random(in: 0...1, using: &rng) })
+            #expect(Float.vectorRoot(xf) == Float.vectorRootAndReciprocalRoot(xf).root)
+            let xd = SIMD8<Double>((0..<8).map { _ in Double.random(in: 0...1, using: &rng) })
+            #expect(Double.vectorRoot(xd) == Double.vectorRootAndReciprocalRoot(xd).root)
+        }
+    }
+}

@@ -70,19 +70,38 @@ def forward(cos, labels, **params):
     return _loss_value(p, loss)
 
 
-def backward(cos, labels, grad_output=1.0, **params):
+def _gradient_out(out, cos: np.ndarray) -> np.ndarray:
+    """`out` checked as a destination for the gradient of `cos`, or a new array."""
+    if out is None:
+        return np.empty(cos.shape, dtype=cos.dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != cos.dtype:
+        raise TypeError(f"out must have the dtype of cos ({cos.dtype}), got {out.dtype}")
+    if out.shape != cos.shape:
+        raise ValueError(f"out must have the shape of cos {cos.shape}, got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out must be a writeable, aligned, C-contiguous array")
+    if np.shares_memory(out, cos):
+        raise ValueError("out must not overlap cos (inputs are never modified)")
+    return out
+
+
+def backward(cos, labels, grad_output=1.0, *, out=None, **params):
     """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
-    shaped and typed like cos."""
+    shaped and typed like cos. `out`, if given, is a C-contiguous array of that shape and dtype
+    that receives the gradient (and is returned): reusing it between steps saves allocating and
+    first-touching N x C values."""
     p, cos, labels = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
     largest = np.finfo(cos.dtype).max
     if np.abs(upstream).max(initial=0) > largest:
         k = int(np.argmax(np.abs(upstream) > largest))
-        raise ValueError(f"grad_output[{k}] = {float(upstream[k])!r} is out of range for {cos.dtype} "
-                         f"(|value| <= {largest})")
+        raise ValueError(f"grad_output[{k}] = {float(upstream[k])!r} is out of range for "
+                         f"{cos.dtype} (|value| <= {largest})")
     upstream = upstream.astype(cos.dtype)
+    grad = _gradient_out(out, cos)
     lib = L.load()
-    grad = np.empty(cos.shape, dtype=cos.dtype)
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
     _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
@@ -90,13 +109,13 @@ def backward(cos, labels, grad_output=1.0, **params):
     return grad
 
 
-def forward_backward(cos, labels, **params):
+def forward_backward(cos, labels, *, out=None, **params):
     """(loss, grad_cos) in one pass over the data, as forward and backward with
-    grad_output = 1."""
+    grad_output = 1. `out` as for backward."""
     p, cos, labels = _prepare(cos, labels, params)
+    grad = _gradient_out(out, cos)
     lib = L.load()
     loss = _loss_out(p, cos)
-    grad = np.empty(cos.shape, dtype=cos.dtype)
     fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
     _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))

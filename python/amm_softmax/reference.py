@@ -110,8 +110,9 @@ def forward(cos, labels, **params):
     return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
 
 
-def backward(cos, labels, grad_output=1.0, **params):
-    """d loss / d cos times grad_output, an ndarray shaped and typed like cos."""
+def backward(cos, labels, grad_output=1.0, *, out=None, **params):
+    """d loss / d cos times grad_output, an ndarray shaped and typed like cos (written into
+    `out` as well when given, as the library does)."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
     z, dlogit, is_target = _logits(x, y, p)
@@ -126,9 +127,12 @@ def backward(cos, labels, grad_output=1.0, **params):
         weight = upstream[0] / max(int(kept.sum()), 1)
     grad = np.zeros(cos.shape)
     grad[kept] = weight * p.scale * dz * dlogit
-    return grad.astype(cos.dtype)
+    if out is None:
+        return grad.astype(cos.dtype)
+    out[...] = grad
+    return out
 
 
-def forward_backward(cos, labels, **params):
+def forward_backward(cos, labels, *, out=None, **params):
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
-    return forward(cos, labels, **params), backward(cos, labels, 1.0, **params)
+    return forward(cos, labels, **params), backward(cos, labels, 1.0, out=out, **params)
