@@ -39,4 +39,4 @@ def torch_forward_backward(cos_np, labels_np, **params):
     labels = torch.from_numpy(np.asarray(labels_np, dtype=np.int64))
     loss = torch_loss(cos, labels, **params)
     loss.backward()
-    return float(loss), cos.grad.numpy()
+    return float(loss.detach()), cos.grad.numpy()

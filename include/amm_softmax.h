@@ -81,6 +81,10 @@ typedef enum amm_status {
                                    (float: beyond about 3.4e38), so its loss is not a number  */
 } amm_status;
 
+/* The name of a status code as in this header ("AMM_OK", "AMM_ERR_LABEL", ...), or
+   "AMM_ERR_UNKNOWN" for a value that is not one. A static string: never free it. Thread-safe. */
+const char *amm_status_name(int status);
+
 /* ---------------------------------------------------------------------------------------------
  * Variants
  * ------------------------------------------------------------------------------------------- */

@@ -16,6 +16,11 @@ public func ammVersion() -> UnsafePointer<CChar> {
     UnsafeRawPointer(libraryVersion.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
+@_cdecl("amm_status_name")
+public func ammStatusName(_ status: Int32) -> UnsafePointer<CChar> {
+    UnsafeRawPointer(StatusName.of(status).utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
 @_cdecl("amm_kernel_build")
 public func ammKernelBuild() -> UnsafePointer<CChar> {
     KernelBuildName.current

@@ -39,3 +39,21 @@ func reportingStatus(_ function: StaticString, _ body: () throws(ABIError) -> Vo
         return Int32(error.status.rawValue)
     }
 }
+
+/// The names behind `amm_status_name`, as static C strings.
+enum StatusName {
+    static func of(_ status: Int32) -> StaticString {
+        switch UInt32(bitPattern: status) {
+        case AMM_OK.rawValue: return "AMM_OK"
+        case AMM_ERR_NULL_POINTER.rawValue: return "AMM_ERR_NULL_POINTER"
+        case AMM_ERR_SHAPE.rawValue: return "AMM_ERR_SHAPE"
+        case AMM_ERR_LABEL.rawValue: return "AMM_ERR_LABEL"
+        case AMM_ERR_PARAM.rawValue: return "AMM_ERR_PARAM"
+        case AMM_ERR_NONFINITE.rawValue: return "AMM_ERR_NONFINITE"
+        case AMM_ERR_ALLOC.rawValue: return "AMM_ERR_ALLOC"
+        case AMM_ERR_INTERNAL.rawValue: return "AMM_ERR_INTERNAL"
+        case AMM_ERR_OVERFLOW.rawValue: return "AMM_ERR_OVERFLOW"
+        default: return "AMM_ERR_UNKNOWN"
+        }
+    }
+}

@@ -38,8 +38,9 @@ public enum LossKernels {
         labels: UnsafePointer<Int64>?, outputs: Outputs<T>
     ) throws(LossError) {
         guard T(parameters.scale).isFinite else {
-            throw .parameter(name: "scale", value: "\(parameters.scale)",
-                             requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
+            throw .parameter(
+                name: "scale", value: "\(parameters.scale)",
+                requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
         }
         let reduction = parameters.reduction
         let ignore = parameters.ignoreIndex

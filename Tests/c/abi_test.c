@@ -53,20 +53,6 @@ static int check(int ok, int line, const char *fmt, ...)
 
 #define CHECK(cond, ...) check((cond) ? 1 : 0, __LINE__, __VA_ARGS__)
 
-static const char *status_name(int status)
-{
-    switch (status) {
-    case AMM_OK: return "AMM_OK";
-    case AMM_ERR_NULL_POINTER: return "AMM_ERR_NULL_POINTER";
-    case AMM_ERR_SHAPE: return "AMM_ERR_SHAPE";
-    case AMM_ERR_LABEL: return "AMM_ERR_LABEL";
-    case AMM_ERR_PARAM: return "AMM_ERR_PARAM";
-    case AMM_ERR_NONFINITE: return "AMM_ERR_NONFINITE";
-    case AMM_ERR_ALLOC: return "AMM_ERR_ALLOC";
-    case AMM_ERR_INTERNAL: return "AMM_ERR_INTERNAL";
-    default: return "(unknown status)";
-    }
-}
 
 /* Whether `word` occurs in `text` as a whole identifier (not inside a longer one, so that
    "cos" is not found in "grad_cos" nor "hard" in "hard_margin"). */
@@ -221,17 +207,17 @@ static void expect(int line, int fn, const args_t *a, int want, const char *word
     int status = run(fn, a, line);
     const char *msg = amm_last_error();
     check(status == want, line, "%s returned %s (%d), expected %s; amm_last_error(): \"%s\"",
-          fn_name[fn], status_name(status), status, status_name(want), msg);
+          fn_name[fn], amm_status_name(status), status, amm_status_name(want), msg);
     if (want == AMM_OK || status != want)
         return;
     check(msg != NULL && msg[0] != '\0', line, "%s: %s with an empty message", fn_name[fn],
-          status_name(status));
+          amm_status_name(status));
     if (word)
         check(has_word(msg, word), line, "%s: the %s message should name '%s': \"%s\"",
-              fn_name[fn], status_name(status), word, msg);
+              fn_name[fn], amm_status_name(status), word, msg);
     if (text)
         check(has_text_ci(msg, text), line, "%s: the %s message should contain '%s': \"%s\"",
-              fn_name[fn], status_name(status), text, msg);
+              fn_name[fn], amm_status_name(status), text, msg);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -401,8 +387,19 @@ static void test_layout_and_constants(void)
     section = "layout";
     CHECK(AMM_OK == 0 && AMM_ERR_NULL_POINTER == 1 && AMM_ERR_SHAPE == 2 &&
               AMM_ERR_LABEL == 3 && AMM_ERR_PARAM == 4 && AMM_ERR_NONFINITE == 5 &&
-              AMM_ERR_ALLOC == 6 && AMM_ERR_INTERNAL == 7,
-          "status codes are numbered 0..7 as documented");
+              AMM_ERR_ALLOC == 6 && AMM_ERR_INTERNAL == 7 && AMM_ERR_OVERFLOW == 8,
+          "status codes are numbered 0..8 as documented");
+    {
+        static const char *const names[] = {
+            "AMM_OK", "AMM_ERR_NULL_POINTER", "AMM_ERR_SHAPE", "AMM_ERR_LABEL", "AMM_ERR_PARAM",
+            "AMM_ERR_NONFINITE", "AMM_ERR_ALLOC", "AMM_ERR_INTERNAL", "AMM_ERR_OVERFLOW"};
+        for (int k = 0; k <= 8; k++)
+            CHECK(strcmp(amm_status_name(k), names[k]) == 0, "amm_status_name(%d) = %s", k,
+                  amm_status_name(k));
+        CHECK(strcmp(amm_status_name(9), "AMM_ERR_UNKNOWN") == 0 &&
+                  strcmp(amm_status_name(-1), "AMM_ERR_UNKNOWN") == 0,
+              "amm_status_name of an unknown value");
+    }
     CHECK(AMM_TARGET_ARC == 0 && AMM_TARGET_COS == 1, "target codes");
     CHECK(AMM_HARD_AMM == 0 && AMM_HARD_MV_FIXED == 1 && AMM_HARD_MV_ADAPTIVE == 2 &&
               AMM_HARD_NONE == 3,
@@ -892,7 +889,7 @@ static void test_last_error_per_thread(void)
     const int64_t bad[FN] = {3, 0, 9, -100, 2};
     double loss;
     int status = amm_forward_f64(&p, fx_cos64, FN, FC, bad, &loss);
-    CHECK(status == AMM_ERR_LABEL, "main thread: status %s", status_name(status));
+    CHECK(status == AMM_ERR_LABEL, "main thread: status %s", amm_status_name(status));
     char main_msg[512];
     snprintf(main_msg, sizeof main_msg, "%s", amm_last_error());
 
@@ -905,7 +902,7 @@ static void test_last_error_per_thread(void)
         pthread_join(th, NULL);
     CHECK(strcmp(r.fresh, "") == 0, "a new thread's amm_last_error() is \"%s\", expected \"\"",
           r.fresh);
-    CHECK(r.status == AMM_ERR_PARAM, "the thread's call returned %s", status_name(r.status));
+    CHECK(r.status == AMM_ERR_PARAM, "the thread's call returned %s", amm_status_name(r.status));
     CHECK(has_word(r.message, "scale"), "the thread's message names scale: \"%s\"", r.message);
     CHECK(strcmp(amm_last_error(), main_msg) == 0,
           "the main thread's message changed after another thread failed: \"%s\" -> \"%s\"",
@@ -914,7 +911,7 @@ static void test_last_error_per_thread(void)
 
     /* A successful call leaves the message of the last failed call in place. */
     status = amm_forward_f64(&p, fx_cos64, FN, FC, fx_labels, &loss);
-    CHECK(status == AMM_OK, "successful call: %s", status_name(status));
+    CHECK(status == AMM_OK, "successful call: %s", amm_status_name(status));
     CHECK(strcmp(amm_last_error(), main_msg) == 0,
           "a successful call changed the last error: \"%s\" -> \"%s\"", main_msg,
           amm_last_error());
@@ -1211,7 +1208,7 @@ static void test_concurrent_calls(void)
         p.num_threads = 1;
         int st = amm_forward_backward_f64(&p, big_cos64, BN, BC, big_labels, ref_loss[r],
                                           ref_grad[r]);
-        CHECK(st == AMM_OK, "serial call: %s", status_name(st));
+        CHECK(st == AMM_OK, "serial call: %s", amm_status_name(st));
     }
     pthread_t th[NT];
     for (int k = 0; k < NT; ++k) {
@@ -1228,7 +1225,7 @@ static void test_concurrent_calls(void)
             pthread_join(th[k], NULL);
         int r = jobs[k].reduction;
         size_t nl = r == AMM_REDUCTION_NONE ? BN : 1;
-        CHECK(jobs[k].status == AMM_OK, "thread %d: %s", k, status_name(jobs[k].status));
+        CHECK(jobs[k].status == AMM_OK, "thread %d: %s", k, amm_status_name(jobs[k].status));
         CHECK(memcmp(jobs[k].loss, ref_loss[r], nl * sizeof(double)) == 0 &&
                   memcmp(jobs[k].grad, ref_grad[r], sizeof ref_grad[r]) == 0,
               "thread %d (reduction %d): concurrent result differs from the serial one", k, r);
@@ -1256,13 +1253,13 @@ static void test_known_values(void)
         double l64, g64[2];
         float l32, g32[2];
         int st = amm_forward_backward_f64(&p, row64, 1, 2, y, &l64, g64);
-        CHECK(st == AMM_OK, "f64: %s", status_name(st));
+        CHECK(st == AMM_OK, "f64: %s", amm_status_name(st));
         CHECK(close_to(l64, 0.69314718055994530942, 1e-15, 0.0), "f64 loss %.17g, expected log 2",
               l64);
         CHECK(g64[0] == -0.5 && g64[1] == 0.5, "f64 gradient {%.17g, %.17g}, expected "
               "{-0.5, 0.5}", g64[0], g64[1]);
         st = amm_forward_backward_f32(&p, row32, 1, 2, y, &l32, g32);
-        CHECK(st == AMM_OK, "f32: %s", status_name(st));
+        CHECK(st == AMM_OK, "f32: %s", amm_status_name(st));
         CHECK(close_to((double)l32, 0.69314718055994530942, 1e-7, 0.0),
               "f32 loss %.9g, expected log 2", (double)l32);
         CHECK(g32[0] == -0.5f && g32[1] == 0.5f, "f32 gradient {%g, %g}", (double)g32[0],
@@ -1309,7 +1306,7 @@ static void test_known_values(void)
         const int64_t y[1] = {cases[k].y};
         double got;
         int st = amm_forward_backward_f64(&p, cases[k].row, 1, c, y, &got, got_grad);
-        CHECK(st == AMM_OK, "%s: %s: %s", cases[k].what, status_name(st), amm_last_error());
+        CHECK(st == AMM_OK, "%s: %s: %s", cases[k].what, amm_status_name(st), amm_last_error());
         CHECK(close_to(got, want, 1e-12, 1e-14), "%s: f64 loss %.17g, expected %.17g",
               cases[k].what, got, want);
         double gmax = max_abs(want_grad, (size_t)c);
@@ -1328,7 +1325,7 @@ static void test_known_values(void)
             row_r[j] = (double)row32[j];
         want = ref_row(&p, row_r, c, cases[k].y, want_grad);
         st = amm_forward_backward_f32(&p, row32, 1, c, y, &l32, g32);
-        CHECK(st == AMM_OK, "%s f32: %s", cases[k].what, status_name(st));
+        CHECK(st == AMM_OK, "%s f32: %s", cases[k].what, amm_status_name(st));
         CHECK(close_to((double)l32, want, 1e-5, 1e-6), "%s: f32 loss %.9g, expected %.9g",
               cases[k].what, (double)l32, want);
         ok = 1;

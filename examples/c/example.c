@@ -22,21 +22,6 @@
 #define N 4
 #define C 6
 
-/* The name of a status code, for messages. */
-static const char *status_name(int status)
-{
-    switch (status) {
-    case AMM_OK:               return "AMM_OK";
-    case AMM_ERR_NULL_POINTER: return "AMM_ERR_NULL_POINTER";
-    case AMM_ERR_SHAPE:        return "AMM_ERR_SHAPE";
-    case AMM_ERR_LABEL:        return "AMM_ERR_LABEL";
-    case AMM_ERR_PARAM:        return "AMM_ERR_PARAM";
-    case AMM_ERR_NONFINITE:    return "AMM_ERR_NONFINITE";
-    case AMM_ERR_ALLOC:        return "AMM_ERR_ALLOC";
-    case AMM_ERR_INTERNAL:     return "AMM_ERR_INTERNAL";
-    default:                   return "unknown status";
-    }
-}
 
 /* Checks a status: on failure, prints the call, the status and the library's message (which
    names the offending row, column, parameter and value) and returns 0. */
@@ -44,7 +29,7 @@ static int succeeded(const char *call, int status)
 {
     if (status == AMM_OK)
         return 1;
-    fprintf(stderr, "%s failed: %s (%d): %s\n", call, status_name(status), status,
+    fprintf(stderr, "%s failed: %s (%d): %s\n", call, amm_status_name(status), status,
             amm_last_error());
     return 0;
 }
@@ -116,9 +101,9 @@ int main(void)
           which row and value were wrong. The outputs are unspecified after a refused call. */
     const int64_t bad_labels[N] = {2, 0, 9, -100}; /* 9 is not a class: C = 6 */
     int status = amm_forward_backward_f32(&params, cos32, N, C, bad_labels, &loss32, grad32);
-    printf("bad label: status %s (%d): %s\n", status_name(status), status, amm_last_error());
+    printf("bad label: status %s (%d): %s\n", amm_status_name(status), status, amm_last_error());
     if (status != AMM_ERR_LABEL) {
-        fprintf(stderr, "expected AMM_ERR_LABEL, got %s\n", status_name(status));
+        fprintf(stderr, "expected AMM_ERR_LABEL, got %s\n", amm_status_name(status));
         return 1;
     }
 
