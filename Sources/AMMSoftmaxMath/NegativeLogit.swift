@@ -49,7 +49,10 @@ public struct NegativeLogit<T: LossScalar> {
     // MARK: A vector of values
 
     /// g for every lane.
-    @inlinable @inline(__always)
+    // Not forced inline, here or below: left as a call, the hard-negative arithmetic stays
+    // behind the `any` branch; forced inline (@_transparent), LLVM if-converted it into every
+    // vector and the kernels ran 30% slower on this machine.
+    @inlinable
     public func values(_ c: T.Vector) -> T.Vector {
         let threshold = T.Vector(repeating: self.threshold)
         guard kind != .none, T.vectorAny(c, greaterThan: threshold) else { return c }
@@ -71,7 +74,7 @@ public struct NegativeLogit<T: LossScalar> {
 
     /// g and dg/dc for every lane (dg = 1 for easy negatives), sharing one square root. The
     /// values are bit for bit those of `values`.
-    @inlinable @inline(__always)
+    @inlinable
     public func valuesAndDerivatives(_ c: T.Vector) -> (value: T.Vector, derivative: T.Vector) {
         let one = T.Vector(repeating: 1)
         let threshold = T.Vector(repeating: self.threshold)
