@@ -76,12 +76,7 @@ public enum RowKernel<T: LossScalar> {
                                  margin: parameters.margin)
         let negatives = NegativeLogit<T>(kind: parameters.hard,
                                          hardMargin: parameters.hardMargin, target: target)
-        let scale = T(parameters.scale)
-        let withGradient = weightedExponentials != nil
-        var reference = -T.infinity  // the largest negative logit so far
-        var sum = 0.0                // of exp(z_j - reference) over the negatives so far
-        var poison = T.Vector()      // sums c - c: NaN exactly when some c was NaN or infinite
-
+        var accumulator = RowAccumulator(negatives: negatives, scale: T(parameters.scale))
         // scratch: one block for the logits (loss alone) or for dg/dc (with a gradient).
         withUnsafeTemporaryAllocation(of: T.self, capacity: blockSize) { scratch in
             let scratch = scratch.baseAddress!
@@ -89,81 +84,20 @@ public enum RowKernel<T: LossScalar> {
             var block = 0
             while start < columns {
                 let count = Swift.min(blockSize, columns - start)
-                let cosines = row + start
-                let logits = weightedExponentials.map { $0 + start } ?? scratch
-                // 1. The block's logits (and slopes), and their maximum. A partial last vector
-                //    is kept in registers, padded with -inf, and written only where it exists.
-                var blockMax = T.Vector(repeating: -T.infinity)
-                var tail = T.Vector(repeating: -T.infinity)
-                var j = 0
-                while j < count {
-                    let partial = count - j < width
-                    let c = partial ? loadPartial(cosines + j, count: count - j)
-                                    : load(cosines + j)
-                    poison += c - c
-                    let z: T.Vector
-                    if withGradient {
-                        let (g, dg) = negatives.valuesAndDerivatives(c)
-                        store(dg, scratch + j)
-                        z = g * scale
-                    } else {
-                        z = negatives.values(c) * scale
-                    }
-                    if partial {
-                        for k in 0..<(count - j) { tail[k] = z[k] }
-                        break
-                    }
-                    store(z, logits + j)
-                    blockMax = T.vectorMaximum(blockMax, z)
-                    j += width
-                }
-                let whole = j
-                blockMax = T.vectorMaximum(blockMax, tail)
-                // The target is not a negative: take it out (one block per row).
-                if y >= start, y < start + count {
-                    if y - start < whole { logits[y - start] = -T.infinity }
-                    else { tail[y - start - whole] = -T.infinity }
-                    blockMax = tail
-                    for k in stride(from: 0, to: whole, by: width) {
-                        blockMax = T.vectorMaximum(blockMax, load(logits + k))
-                    }
-                }
-                // 2. Raise the reference if needed, then exponentiate and add the block.
-                let top = blockMax.max()
-                if top > reference {
-                    sum *= Double.exp(Double(reference) - Double(top))
-                    reference = top
-                }
+                let reference = accumulator.add(
+                    row + start, count: count, target: y - start,
+                    into: weightedExponentials.map { $0 + start } ?? scratch,
+                    slopes: weightedExponentials == nil ? nil : scratch)
                 blockReferences?[block] = reference
-                let shift = T.Vector(repeating: reference)
-                var blockSum = T.Vector()
-                if top > -T.infinity {
-                    for k in stride(from: 0, to: whole, by: width) {
-                        let e = T.vectorExp(load(logits + k) - shift)
-                        blockSum += e
-                        if withGradient { store(e * load(scratch + k), logits + k) }
-                    }
-                    if whole < count {
-                        let e = T.vectorExp(tail - shift)
-                        blockSum += e
-                        if withGradient {
-                            let weighted = e * loadPartial(scratch + whole, count: count - whole)
-                            for k in 0..<(count - whole) { logits[whole + k] = weighted[k] }
-                        }
-                    }
-                    sum += Double(blockSum.sum())
-                } else if withGradient {
-                    logits.update(repeating: 0, count: count)
-                }
                 start += count
                 block += 1
             }
         }
-
-        if poison.sum().isNaN { return .failure(firstNonFinite(row, columns: columns)) }
+        guard accumulator.allFinite else { return .failure(firstNonFinite(row, columns: columns)) }
         return .success(RowStatistics(target: target, negatives: negatives,
-                                      scale: parameters.scale, negativeMaximum: reference,
-                                      negativeSum: sum))
+                                      scale: parameters.scale,
+                                      negativeMaximum: accumulator.reference,
+                                      negativeSum: accumulator.sum))
     }
 
     /// The lowest column of a row known to hold a NaN or an infinity.
