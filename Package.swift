@@ -15,6 +15,9 @@
 //   CPlatform          what Swift cannot ask directly: the CPU level, the path of an image.
 //   AMMSoftmaxCore     the whole-matrix kernels: kernel choice, rows over threads, reductions,
 //                      validation, and the Swift API.
+//   AMMSoftmaxHead     the fused head: embeddings and class weights in, loss and both gradients
+//                      out, over blocks of classes with OpenBLAS products (COpenBLAS: Debian's
+//                      libopenblas-dev), never holding the N x C matrix.
 //   CAMMSoftmax        the hand-written C header `include/amm_softmax.h`, exposed to Swift as a
 //                      clang module so the ABI layer uses the very struct the C users see.
 //   AMMSoftmax         the C ABI: `@_cdecl` entry points, argument validation, status codes and
@@ -65,14 +68,22 @@ let package = Package(
             name: "AMMSoftmaxCore",
             dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform"]
         ),
+        .systemLibrary(
+            name: "COpenBLAS", path: "Sources/COpenBLAS",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(
+            name: "AMMSoftmaxHead",
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxKernels", "AMMSoftmaxMath", "COpenBLAS"]
+        ),
         .systemLibrary(name: "CAMMSoftmax", path: "include"),
         .target(
             name: "AMMSoftmax",
-            dependencies: ["AMMSoftmaxCore", "CAMMSoftmax"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CAMMSoftmax"]
         ),
         .testTarget(
             name: "AMMSoftmaxCoreTests",
-            dependencies: ["AMMSoftmaxCore"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead"]
         ),
         .testTarget(
             name: "AMMSoftmaxABITests",

@@ -58,7 +58,7 @@ extern "C" {
 
 /* The version of this header. amm_version() returns the version of the library loaded. */
 #define AMM_VERSION_MAJOR 0
-#define AMM_VERSION_MINOR 1
+#define AMM_VERSION_MINOR 2
 #define AMM_VERSION_PATCH 0
 
 /* ---------------------------------------------------------------------------------------------
@@ -117,10 +117,9 @@ enum {
  *
  * Always fill with amm_params_init() and then change the fields you need: that sets struct_size,
  * which lets later versions of the library append fields to this struct and still accept
- * callers compiled against this header (a later library gives the fields that the caller's
- * struct_size does not cover their defaults). This library requires struct_size >= sizeof(amm_params)
- * of this version (56 bytes on 64-bit platforms), and ignores any bytes past the fields it
- * knows.
+ * callers compiled against an older header: the fields that the caller's struct_size does not
+ * cover take their defaults. This library requires struct_size >= 56 (on 64-bit platforms: the
+ * struct of version 0.1, up to ignore_index), and ignores any bytes past the fields it knows.
  * ------------------------------------------------------------------------------------------- */
 typedef struct amm_params {
     uint32_t struct_size;  /* sizeof(amm_params) as the caller compiled it                        */
@@ -132,6 +131,9 @@ typedef struct amm_params {
     int32_t  reduction;    /* AMM_REDUCTION_*. Default AMM_REDUCTION_MEAN.                        */
     int32_t  num_threads;  /* worker threads for one call; 0 = one per core. Must be >= 0.        */
     int64_t  ignore_index; /* rows whose label equals this are skipped. Default -100.             */
+    /* Since 0.2: */
+    int64_t  head_block_size; /* classes per block of amm_head_forward_backward_*; 0 (default)
+                                 picks the documented rule (see there). Must be >= 0.          */
 } amm_params;
 
 /* Fills *p with the defaults of FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
@@ -187,6 +189,47 @@ int amm_forward_backward_f32(const amm_params *p, const float *cos, int64_t n, i
                              const int64_t *labels, float *loss, float *grad_cos);
 int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
                              const int64_t *labels, double *loss, double *grad_cos);
+
+/* ---------------------------------------------------------------------------------------------
+ * The fused head (since 0.2)
+ *
+ * Embeddings and class weights in; the loss on cos = normalize(embeddings) normalize(weights)^T
+ * and its gradients with respect to both out, without ever holding the n x c matrix of cosines
+ * (FORMULATION.md, "Head": rows are normalised as torch.nn.functional.normalize does, by
+ * max(norm, 1e-12), and the gradients flow through that normalisation).
+ *
+ *   embeddings       n x d, row-major; read only. Rows that are not ignored must be finite.
+ *   weights          c x d, row-major, one row per class; read only. Must be finite.
+ *   n, d, c          n >= 0, d >= 1, c >= 1; each at most INT32_MAX (OpenBLAS indices).
+ *   labels           n class indices in [0, c), or p->ignore_index; read only.
+ *   loss             1 value (mean, sum) or n values (none), written.
+ *   grad_embeddings  n x d, written: d loss / d embeddings (ignored rows are zero).
+ *   grad_weights     c x d, written: d loss / d weights.
+ *
+ * How: the classes are processed in blocks of B. Each row's target cosine is an indexed dot
+ * product, computed first. A first pass over the blocks computes cos_b = x^ W^_b^T with
+ * cblas_?gemm and updates every row's running log-sum-exp; a second pass computes cos_b again,
+ * turns it into d loss / d cos_b in place, and accumulates d loss / d x^ += dcos_b W^_b and
+ * d loss / d W^_b = dcos_b^T x^ (two more products); both gradients then go through the
+ * normalisation. Four products of n x d x c multiply-adds in all.
+ *
+ * Memory beyond inputs and outputs: the normalised embeddings (n x d), one block of cosines
+ * (n x B) and normalised weights (B x d), and O(n). B = p->head_block_size if positive (at most
+ * c), else min(c, 8192, max(16, 32 MiB / ((n + d) * element size)) rounded down to a multiple
+ * of 16): at most 32 MiB plus n x d elements, whatever c is.
+ *
+ * Threads: p->num_threads workers for the per-row work, and OpenBLAS is set to the same count
+ * (openblas_set_num_threads: a process-wide OpenBLAS setting). Errors: as for the functions
+ * above; a NaN or infinity is reported as "embeddings[i, k]" or "weights[j, k]".
+ * ------------------------------------------------------------------------------------------- */
+int amm_head_forward_backward_f32(const amm_params *p, const float *embeddings,
+                                  const float *weights, int64_t n, int64_t d, int64_t c,
+                                  const int64_t *labels, float *loss,
+                                  float *grad_embeddings, float *grad_weights);
+int amm_head_forward_backward_f64(const amm_params *p, const double *embeddings,
+                                  const double *weights, int64_t n, int64_t d, int64_t c,
+                                  const int64_t *labels, double *loss,
+                                  double *grad_embeddings, double *grad_weights);
 
 #ifdef __cplusplus
 }

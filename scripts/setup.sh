@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings a fresh machine of this project's kind to the point where the library is built and the
-# Python side can use and test it: the C compilers (Debian), NumPy and pytest (PyPI), then the
-# release build of libAMMSoftmax.so. Safe to run again: it installs only what is missing.
+# Python side can use and test it: the C compilers and OpenBLAS (Debian), NumPy and pytest
+# (PyPI), then the release build of libAMMSoftmax.so (and its AVX2/AVX-512 companions).
+# Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ fi
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+# OpenBLAS (cblas.h and libopenblas.so) for the fused head's matrix products.
+dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]} from Debian"
     apt-get update

@@ -104,3 +104,33 @@ public func ammForwardBackwardF64(
                      loss: loss, gradCos: gradCos).run()
     }
 }
+
+// MARK: - The fused head
+
+@_cdecl("amm_head_forward_backward_f32")
+public func ammHeadForwardBackwardF32(
+    _ p: UnsafePointer<amm_params>?, _ embeddings: UnsafePointer<Float>?,
+    _ weights: UnsafePointer<Float>?, _ n: Int64, _ d: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?,
+    _ gradEmbeddings: UnsafeMutablePointer<Float>?, _ gradWeights: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_head_forward_backward_f32") { () throws(ABIError) in
+        try HeadCall(params: p, embeddings: embeddings, weights: weights, n: n, d: d, c: c,
+                     labels: labels, loss: loss, gradEmbeddings: gradEmbeddings,
+                     gradWeights: gradWeights).run()
+    }
+}
+
+@_cdecl("amm_head_forward_backward_f64")
+public func ammHeadForwardBackwardF64(
+    _ p: UnsafePointer<amm_params>?, _ embeddings: UnsafePointer<Double>?,
+    _ weights: UnsafePointer<Double>?, _ n: Int64, _ d: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Double>?,
+    _ gradEmbeddings: UnsafeMutablePointer<Double>?, _ gradWeights: UnsafeMutablePointer<Double>?
+) -> Int32 {
+    reportingStatus("amm_head_forward_backward_f64") { () throws(ABIError) in
+        try HeadCall(params: p, embeddings: embeddings, weights: weights, n: n, d: d, c: c,
+                     labels: labels, loss: loss, gradEmbeddings: gradEmbeddings,
+                     gradWeights: gradWeights).run()
+    }
+}

@@ -1,8 +1,15 @@
 import AMMSoftmaxCore
 import CAMMSoftmax
 
-/// The size of version 0.1's amm_params: the smallest struct_size this library accepts.
-let minimumParamsSize = MemoryLayout<amm_params>.size
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The size of version 0.1's amm_params (up to and including ignore_index): the smallest
+/// struct_size this library accepts. Fields added later take their defaults when the caller's
+/// struct_size does not cover them.
+let minimumParamsSize = MemoryLayout<amm_params>.offset(of: \amm_params.ignore_index)!
+    + MemoryLayout<Int64>.size
 
 extension LossParameters {
     /// Fills an amm_params with the defaults (the body of `amm_params_init`).
@@ -12,7 +19,18 @@ extension LossParameters {
             struct_size: UInt32(MemoryLayout<amm_params>.size), scale: d.scale,
             margin: d.margin, hard_margin: d.hardMargin, target: d.target.rawValue,
             hard: d.hard.rawValue, reduction: d.reduction.rawValue,
-            num_threads: Int32(d.numThreads), ignore_index: d.ignoreIndex)
+            num_threads: Int32(d.numThreads), ignore_index: d.ignoreIndex, head_block_size: 0)
+    }
+
+    /// The caller's amm_params, read only as far as its struct_size reaches; later fields
+    /// keep their defaults.
+    static func read(_ p: UnsafePointer<amm_params>, size: Int) -> amm_params {
+        var raw = amm_params()
+        writeDefaults(to: &raw)
+        _ = withUnsafeMutableBytes(of: &raw) {
+            memcpy($0.baseAddress!, p, Swift.min(size, $0.count))
+        }
+        return raw
     }
 
     /// Reads and validates a caller's amm_params.
@@ -24,7 +42,7 @@ extension LossParameters {
             throw ABIError(AMM_ERR_PARAM, "params->struct_size = \(size) is too small: must be "
                 + ">= \(minimumParamsSize) (call amm_params_init first)")
         }
-        let raw = p.pointee
+        let raw = Self.read(p, size: size)
         guard let target = TargetKind(rawValue: raw.target) else {
             throw ABIError(AMM_ERR_PARAM, "params->target = \(raw.target) is unknown: must be "
                 + "AMM_TARGET_ARC (0) or AMM_TARGET_COS (1)")
@@ -43,4 +61,16 @@ extension LossParameters {
                   ignoreIndex: raw.ignore_index, numThreads: Int(raw.num_threads))
         do { try validate() } catch { throw ABIError(error) }
     }
+}
+
+/// The head's block size from a caller's amm_params (0, the automatic rule, when its
+/// struct_size predates the field). Call after `LossParameters(abi:)` has checked the struct.
+func headBlockSize(_ p: UnsafePointer<amm_params>) throws(ABIError) -> Int {
+    let size = Int(p.withMemoryRebound(to: UInt32.self, capacity: 1) { $0.pointee })
+    let value = LossParameters.read(p, size: size).head_block_size
+    guard value >= 0 else {
+        throw ABIError(AMM_ERR_PARAM, "params->head_block_size = \(value) is invalid: must be "
+            + ">= 0 (0 = automatic)")
+    }
+    return Int(value)
 }

@@ -19,7 +19,8 @@ struct ABIError: Error {
         case .parameter: status = AMM_ERR_PARAM
         case .shape: status = AMM_ERR_SHAPE
         case .label: status = AMM_ERR_LABEL
-        case .nonFiniteCosine, .nonFiniteGradOutput: status = AMM_ERR_NONFINITE
+        case .nonFiniteCosine, .nonFiniteInput, .nonFiniteGradOutput:
+            status = AMM_ERR_NONFINITE
         case .overflow: status = AMM_ERR_OVERFLOW
         case .allocation: status = AMM_ERR_ALLOC
         }

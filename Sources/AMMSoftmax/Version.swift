@@ -1,7 +1,7 @@
 import AMMSoftmaxCore
 
 /// The library version, "MAJOR.MINOR.PATCH"; the header's AMM_VERSION_* name the same.
-let libraryVersion: StaticString = "0.1.0"
+let libraryVersion: StaticString = "0.2.0"
 
 /// The kernel build in use, as a static C string for `amm_kernel_build()`.
 enum KernelBuildName {

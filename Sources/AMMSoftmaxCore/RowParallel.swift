@@ -9,12 +9,12 @@ import Glibc
 /// in increasing order. Every row is computed by the same code whatever thread runs it, and
 /// nothing is accumulated across rows here (the reductions sum per-row results afterwards, in
 /// row order), so the output is bitwise identical for every thread count.
-enum RowParallel {
+package enum RowParallel {
     /// Rows per block: small enough to balance 2 to 64 workers on a few hundred rows.
     static let blockRows = 4
 
     /// The number of cores this process may use (at least 1).
-    static var availableCores: Int {
+    package static var availableCores: Int {
         #if canImport(Glibc)
         return Swift.max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         #else
@@ -26,7 +26,7 @@ enum RowParallel {
     /// (0 = one per core). `body` returns false to stop its worker (used on the first error,
     /// since a worker's later rows all have larger indices). `worker` is in
     /// [0, workerCount(rows:columns:threads:)).
-    static func forEachRow(
+    package static func forEachRow(
         rows: Int, columns: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool
     ) {
         let blocks = (rows + blockRows - 1) / blockRows
@@ -59,7 +59,7 @@ enum RowParallel {
 
     /// The worker count `forEachRow` uses for these arguments: size per-worker state with it.
     /// It never changes a result, only how the rows are shared.
-    static func workerCount(rows: Int, columns: Int, threads: Int) -> Int {
+    package static func workerCount(rows: Int, columns: Int, threads: Int) -> Int {
         let blocks = (rows + blockRows - 1) / blockRows
         let requested = threads == 0 ? availableCores : threads
         let worthwhile = rows.multipliedReportingOverflow(by: columns).partialValue

@@ -100,6 +100,39 @@ public enum RowKernel<T: LossScalar> {
                                       negativeSum: accumulator.sum))
     }
 
+    /// The gradient of one segment of a row whose statistics are complete, computed from the
+    /// cosines again (the fused head's second pass): `upstream * dloss_i/dcos_ij` for the
+    /// `count` columns at `cosines`, into `out`; `target` is the target's column relative to
+    /// the segment (outside [0, count) if it is not in it).
+    @inlinable
+    public static func writeGradientSegment(
+        _ cosines: UnsafePointer<T>, count: Int, target: Int, statistics st: RowStatistics<T>,
+        upstream: Double, into out: UnsafeMutablePointer<T>
+    ) {
+        let negatives = st.negatives
+        let scale = T(st.scale)
+        let shift = T.Vector(repeating: st.negativeMaximum)
+        // p_j = exp(z_j - negativeMaximum) exp(negativeMaximum - maximum) / total.
+        let factor = T(upstream * st.scale * st.probabilityFactor(reference: st.negativeMaximum))
+        var j = 0
+        while j < count {
+            let partial = count - j < width
+            let c = partial ? loadPartial(cosines + j, count: count - j) : load(cosines + j)
+            let (g, dg) = negatives.valuesAndDerivatives(c)
+            let gradient = T.vectorExp(g * scale - shift) * factor * dg
+            if partial {
+                for k in 0..<(count - j) { out[j + k] = gradient[k] }
+                break
+            }
+            store(gradient, out + j)
+            j += width
+        }
+        if target >= 0, target < count {
+            out[target] = T(-upstream * st.scale * (st.negativeSum / st.total)
+                            * st.target.derivative)
+        }
+    }
+
     /// The lowest column of a row known to hold a NaN or an infinity.
     @inlinable
     static func firstNonFinite(_ row: UnsafePointer<T>, columns: Int) -> NonFiniteValue {
@@ -158,9 +191,11 @@ public struct RowStatistics<T: LossScalar> {
     public let negativeSum: Double
     public let targetExp: Double
 
+    /// The statistics of a row from its target, the largest negative logit and the sum of
+    /// exp(z_j - negativeMaximum) over the negatives (as a RowAccumulator leaves them).
     @inlinable
-    init(target: TargetLogit, negatives: NegativeLogit<T>, scale: Double, negativeMaximum: T,
-         negativeSum sumAtNegativeMaximum: Double) {
+    public init(target: TargetLogit, negatives: NegativeLogit<T>, scale: Double,
+                negativeMaximum: T, negativeSum sumAtNegativeMaximum: Double) {
         self.target = target
         self.negatives = negatives
         self.scale = scale

@@ -9,6 +9,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     case label(row: Int, value: Int64, classes: Int, ignoreIndex: Int64)
     /// `cos[row, column]` is NaN or infinite in a row that is not ignored.
     case nonFiniteCosine(row: Int, column: Int, value: Double)
+    /// `name[row, column]` (embeddings or weights of the fused head) is NaN or infinite.
+    case nonFiniteInput(name: String, row: Int, column: Int, value: Double)
     /// The upstream gradient holds NaN or infinity at `index`.
     case nonFiniteGradOutput(index: Int, value: Double)
     /// The logits of `row` overflow the element type (s g(cos) beyond its largest finite value,
@@ -28,6 +30,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
                 + "or equal ignore_index (\(ignoreIndex))"
         case let .nonFiniteCosine(row, column, value):
             return "cos[\(row), \(column)] = \(value) is not finite (row \(row) is not ignored)"
+        case let .nonFiniteInput(name, row, column, value):
+            return "\(name)[\(row), \(column)] = \(value) is not finite"
         case let .nonFiniteGradOutput(index, value):
             return "grad_output[\(index)] = \(value) is not finite"
         case let .overflow(row, type, largest):

@@ -406,9 +406,10 @@ static void test_layout_and_constants(void)
           "hard codes");
     CHECK(AMM_REDUCTION_MEAN == 0 && AMM_REDUCTION_SUM == 1 && AMM_REDUCTION_NONE == 2,
           "reduction codes");
-    /* The header states that version 0.1's struct is 56 bytes. */
-    CHECK(sizeof(amm_params) == 56, "sizeof(amm_params) = %zu, the header says 56",
+    /* Version 0.1's struct ends at ignore_index (56 bytes); 0.2 appends head_block_size. */
+    CHECK(sizeof(amm_params) == 64, "sizeof(amm_params) = %zu, version 0.2 has 64",
           sizeof(amm_params));
+    CHECK(offsetof(amm_params, head_block_size) == 56, "head_block_size follows ignore_index");
     CHECK(offsetof(amm_params, struct_size) == 0, "struct_size is the first field");
     CHECK(offsetof(amm_params, scale) == 8 && offsetof(amm_params, margin) == 16 &&
               offsetof(amm_params, hard_margin) == 24 && offsetof(amm_params, target) == 32 &&

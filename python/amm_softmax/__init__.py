@@ -5,6 +5,8 @@ Functions (every one takes the keyword parameters below):
     forward(cos, labels, **params)                       -> loss
     backward(cos, labels, grad_output=1.0, **params)     -> grad_cos
     forward_backward(cos, labels, **params)              -> (loss, grad_cos)
+    head_forward_backward(embeddings, weights, labels, **params)
+                                                         -> (loss, grad_embeddings, grad_weights)
 
 `cos` is an (N, C) float32 or float64 array of cosines between embeddings and class weights
 (any strides); `labels` an (N,) integer array of target classes in [0, C), or ignore_index to
@@ -26,8 +28,9 @@ non-finite values) naming the parameter, row or column and the value. Inputs are
 modified. `amm_softmax.reference` computes the same in plain NumPy.
 """
 from . import reference
-from ._api import backward, forward, forward_backward, kernel_build, library_version
+from ._api import (backward, forward, forward_backward, head_forward_backward, kernel_build,
+                   library_version)
 
-__version__ = "0.1.0"
-__all__ = ["forward", "backward", "forward_backward", "reference", "library_version",
-           "kernel_build", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["forward", "backward", "forward_backward", "head_forward_backward", "reference",
+           "library_version", "kernel_build", "__version__"]

@@ -12,12 +12,13 @@ import ctypes
 import numpy as np
 
 from . import _library as L
-from ._params import Params, check_cos, check_grad_output, check_labels, check_params
+from ._params import (Params, check_block_size, check_cos, check_grad_output, check_head_inputs,
+                      check_labels, check_params)
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
-def _abi_params(p: Params) -> L.AmmParams:
+def _abi_params(p: Params, head_block_size: int = 0) -> L.AmmParams:
     s = L.AmmParams()
     s.struct_size = ctypes.sizeof(L.AmmParams)
     s.scale, s.margin, s.hard_margin = p.scale, p.margin, p.hard_margin
@@ -26,6 +27,7 @@ def _abi_params(p: Params) -> L.AmmParams:
     s.reduction = L.REDUCTION_CODES[p.reduction]
     s.num_threads = p.num_threads
     s.ignore_index = p.ignore_index
+    s.head_block_size = head_block_size
     return s
 
 
@@ -45,9 +47,7 @@ def _prepare(cos, labels, params):
     cos = check_cos(cos)
     labels = check_labels(labels, cos.shape[0], cos.shape[1], p.ignore_index)
     # The library reads dense, aligned, row-major rows: copy only what is not already that.
-    if not (cos.flags.c_contiguous and cos.flags.aligned):
-        cos = np.array(cos, order="C")
-    return p, cos, labels
+    return p, _dense(cos), labels
 
 
 def _loss_out(p: Params, cos: np.ndarray) -> np.ndarray:
@@ -120,6 +120,36 @@ def forward_backward(cos, labels, *, out=None, **params):
     _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
     return _loss_value(p, loss), grad
+
+
+def _dense(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+
+
+def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params):
+    """The fused head: (loss, grad_embeddings, grad_weights) for the loss on
+    cos = normalize(embeddings) normalize(weights)^T, without the (N, C) matrix.
+
+    embeddings (N, D) and weights (C, D, one row per class) are float32 or float64 of one dtype;
+    labels (N,) integers. Rows are normalised as torch.nn.functional.normalize does. The classes
+    go through in blocks of `block_size` (0: the library's rule, 32 MiB a block). Gradients are
+    shaped and typed like the inputs."""
+    p = check_params(**params)
+    block_size = check_block_size(block_size)
+    embeddings, weights = check_head_inputs(embeddings, weights)
+    n, d = embeddings.shape
+    c = weights.shape[0]
+    labels = check_labels(labels, n, c, p.ignore_index)
+    embeddings, weights = _dense(embeddings), _dense(weights)
+    lib = L.load()
+    loss = _loss_out(p, embeddings)
+    grad_embeddings = np.empty_like(embeddings)
+    grad_weights = np.empty_like(weights)
+    fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
+    _check_status(lib, fn(ctypes.byref(_abi_params(p, block_size)), embeddings.ctypes.data,
+                          weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,
+                          grad_embeddings.ctypes.data, grad_weights.ctypes.data))
+    return _loss_value(p, loss), grad_embeddings, grad_weights
 
 
 def library_version() -> str:

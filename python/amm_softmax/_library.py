@@ -42,6 +42,7 @@ class AmmParams(ctypes.Structure):
         ("reduction", ctypes.c_int32),
         ("num_threads", ctypes.c_int32),
         ("ignore_index", ctypes.c_int64),
+        ("head_block_size", ctypes.c_int64),
     ]
 
 
@@ -75,7 +76,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"amm_backward_{suffix}").argtypes = [params, vp, i64, i64, vp, vp, vp]
         getattr(lib, f"amm_forward_backward_{suffix}").argtypes = [params, vp, i64, i64, vp,
                                                                    vp, vp]
-        for kind in ("forward", "backward", "forward_backward"):
+        getattr(lib, f"amm_head_forward_backward_{suffix}").argtypes = [
+            params, vp, vp, i64, i64, i64, vp, vp, vp, vp]
+        for kind in ("forward", "backward", "forward_backward", "head_forward_backward"):
             getattr(lib, f"amm_{kind}_{suffix}").restype = ctypes.c_int
     return lib
 

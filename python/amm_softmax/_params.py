@@ -147,3 +147,32 @@ def check_grad_output(grad_output, rows: int, reduction: str) -> np.ndarray:
         k = int(np.argmax(bad))
         raise ValueError(f"grad_output[{k}] = {g[k]} is not finite")
     return g
+
+
+def check_head_inputs(embeddings, weights):
+    """Embeddings (N, D) and weights (C, D) of one float dtype, D >= 1, C >= 1 (not copied)."""
+    for name, a in (("embeddings", embeddings), ("weights", weights)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
+                            f"got {type(a).__name__}")
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be 2-dimensional, got shape {a.shape}")
+    if weights.dtype != embeddings.dtype:
+        raise TypeError(f"weights must have the dtype of embeddings ({embeddings.dtype}), "
+                        f"got {weights.dtype}")
+    if embeddings.shape[1] < 1:
+        raise ValueError(f"embeddings must have at least one column (D >= 1), "
+                         f"got shape {embeddings.shape}")
+    if weights.shape[0] < 1:
+        raise ValueError(f"weights must have at least one class (row), got shape {weights.shape}")
+    if weights.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"weights must have D = {embeddings.shape[1]} columns like embeddings, "
+                         f"got shape {weights.shape}")
+    return embeddings, weights
+
+
+def check_block_size(block_size) -> int:
+    """The fused head's classes per block: 0 (automatic) or a positive integer."""
+    return _integer("block_size", block_size, 0, int(_INT64.max))

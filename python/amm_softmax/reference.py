@@ -5,13 +5,15 @@ Written for clarity from FORMULATION.md, line by line, and independent of the co
 input's dtype, so that the library's f32 and f64 paths are both measured against the same,
 more precise, values.
 
-Functions and signatures are those of the package: forward, backward, forward_backward.
+Functions and signatures are those of the package: forward, backward, forward_backward,
+head_forward_backward.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._params import check_cos, check_grad_output, check_labels, check_params
+from ._params import (check_block_size, check_cos, check_grad_output, check_head_inputs,
+                      check_labels, check_params)
 
 SIN_FLOOR = 1e-7
 
@@ -136,3 +138,51 @@ def backward(cos, labels, grad_output=1.0, *, out=None, **params):
 def forward_backward(cos, labels, *, out=None, **params):
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
     return forward(cos, labels, **params), backward(cos, labels, 1.0, out=out, **params)
+
+
+NORM_FLOOR = 1e-12
+
+
+def _normalize(v):
+    """v^ = v / max(||v||, 1e-12), row by row (torch.nn.functional.normalize), and the norms."""
+    norms = np.linalg.norm(v, axis=1)
+    return v / np.maximum(norms, NORM_FLOOR)[:, None], norms
+
+
+def _normalize_backward(v_hat, norms, grad_v_hat):
+    """dv = (dv^ - v^ <v^, dv^>) / ||v|| where ||v|| >= 1e-12, else dv^ / 1e-12."""
+    inner = np.sum(v_hat * grad_v_hat, axis=1, keepdims=True)
+    projected = (grad_v_hat - v_hat * inner) / np.maximum(norms, NORM_FLOOR)[:, None]
+    return np.where((norms >= NORM_FLOOR)[:, None], projected, grad_v_hat / NORM_FLOOR)
+
+
+def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params):
+    """(loss, grad_embeddings, grad_weights) for the loss on
+    cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
+    and its backward, then back through the products and the normalisation. `block_size` is
+    accepted for the library's signature and has no effect here."""
+    p = check_params(**params)
+    check_block_size(block_size)
+    embeddings, weights = check_head_inputs(embeddings, weights)
+    n, c = embeddings.shape[0], weights.shape[0]
+    labels = check_labels(labels, n, c, p.ignore_index)
+    kept = labels != p.ignore_index
+    for name, a, rows in (("embeddings", embeddings, kept), ("weights", weights, None)):
+        bad = ~np.isfinite(a) if rows is None else ~np.isfinite(a) & rows[:, None]
+        if bad.any():
+            i, k = np.argwhere(bad)[0]
+            raise ValueError(f"{name}[{i}, {k}] = {a[i, k]} is not finite")
+
+    x = np.where(kept[:, None], embeddings.astype(np.float64), 0.0)  # ignored rows: no part
+    x_hat, x_norms = _normalize(x)
+    w_hat, w_norms = _normalize(weights.astype(np.float64))
+    cos = x_hat @ w_hat.T
+    loss = forward(cos, labels, **params)
+    grad_cos = backward(cos, labels, 1.0, **params)
+    grad_x = _normalize_backward(x_hat, x_norms, grad_cos @ w_hat)
+    grad_w = _normalize_backward(w_hat, w_norms, grad_cos.T @ x_hat)
+    grad_x[~kept] = 0.0
+    dtype = embeddings.dtype
+    if p.reduction == "none":
+        loss = loss.astype(dtype)
+    return loss, grad_x.astype(dtype), grad_w.astype(dtype)

@@ -268,8 +268,6 @@ def test_version():
     assert ".".join(parts) == version
 
 
-@pytest.mark.xfail(strict=True, reason="API.md lists head_forward_backward (Python and "
-                   "reference); it is not implemented yet")
 def test_public_names_of_api_md():
     for module in (amm_softmax, amm_softmax.reference):
         for name in ("forward", "backward", "forward_backward", "head_forward_backward"):

@@ -1,0 +1,73 @@
+import AMMSoftmaxMath
+
+/// Row normalisation with torch.nn.functional.normalize's semantics (FORMULATION.md, "Head"):
+/// v^ = v / max(||v||, 1e-12), and its backward
+/// dv = (dv^ - v^ <v^, dv^>) / ||v|| where ||v|| >= 1e-12, dv = dv^ / 1e-12 otherwise.
+/// Norms and inner products are accumulated in Double.
+enum RowNormalization {
+    /// The floor on the norm.
+    static let floor = 1e-12
+
+    /// ||v|| in Double, or nil if v holds a NaN or an infinity. Scales by a power of two (exact)
+    /// where the squares would overflow.
+    @inline(__always)
+    static func norm<T: LossScalar>(_ v: UnsafePointer<T>, dimension: Int) -> Double? {
+        var squares = 0.0
+        for k in 0..<dimension { squares += Double(v[k]) * Double(v[k]) }
+        if squares.isFinite { return squares.squareRoot() }
+        if (0..<dimension).contains(where: { !v[$0].isFinite }) { return nil }
+        var largest = 0.0
+        for k in 0..<dimension { largest = Swift.max(largest, abs(Double(v[k]))) }
+        let scale = Double(sign: .plus, exponent: -largest.exponent, significand: 1)
+        squares = 0
+        for k in 0..<dimension { squares += (Double(v[k]) * scale) * (Double(v[k]) * scale) }
+        return squares.squareRoot() / scale
+    }
+
+    /// Normalises `count` rows of `dimension` values from `rows` into `normalized` and stores
+    /// each row's norm in `norms`. Returns the first (row, column) holding NaN or infinity, if
+    /// any (the rows after it are then not normalised). Rows for which `skip` is true are
+    /// written as zeros and not checked (ignored samples).
+    static func normalize<T: LossScalar>(
+        _ rows: UnsafePointer<T>, count: Int, dimension: Int,
+        into normalized: UnsafeMutablePointer<T>, norms: UnsafeMutablePointer<Double>,
+        skip: (Int) -> Bool = { _ in false }
+    ) -> (row: Int, column: Int, value: Double)? {
+        for i in 0..<count {
+            let v = rows + i * dimension
+            let out = normalized + i * dimension
+            if skip(i) {
+                out.update(repeating: 0, count: dimension)
+                norms[i] = 0
+                continue
+            }
+            guard let n = norm(v, dimension: dimension) else {
+                let k = (0..<dimension).first(where: { !v[$0].isFinite })!
+                return (i, k, Double(v[k]))
+            }
+            norms[i] = n
+            let inverse = 1 / Swift.max(n, floor)
+            for k in 0..<dimension { out[k] = T(Double(v[k]) * inverse) }
+        }
+        return nil
+    }
+
+    /// Turns dv^ (in `gradient`, rows of `dimension`) into dv, in place.
+    static func backward<T: LossScalar>(
+        normalized: UnsafePointer<T>, norms: UnsafePointer<Double>, count: Int, dimension: Int,
+        gradient: UnsafeMutablePointer<T>
+    ) {
+        for i in 0..<count {
+            let u = normalized + i * dimension
+            let g = gradient + i * dimension
+            let n = norms[i]
+            if n >= floor {
+                var dot = 0.0
+                for k in 0..<dimension { dot += Double(u[k]) * Double(g[k]) }
+                for k in 0..<dimension { g[k] = T((Double(g[k]) - Double(u[k]) * dot) / n) }
+            } else {
+                for k in 0..<dimension { g[k] = T(Double(g[k]) / floor) }
+            }
+        }
+    }
+}
