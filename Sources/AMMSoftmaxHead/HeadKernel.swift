@@ -206,11 +206,20 @@ public enum HeadKernel {
         }
     }
 
-    /// The index of the first NaN or infinity among `count` values, if any.
+    /// The index of the first NaN or infinity among `count` values, if any: a vector pass that
+    /// sums v - v (NaN exactly when some v is not finite), then a scalar search if needed.
     static func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int) -> Int? {
-        var poison: T = 0
-        for k in 0..<count { poison += values[k] - values[k] }
-        guard poison.isNaN else { return nil }
+        let width = T.Vector.scalarCount
+        var poison = T.Vector()
+        var k = 0
+        while k + width <= count {
+            let v = UnsafeRawPointer(values + k).loadUnaligned(as: T.Vector.self)
+            poison += v - v
+            k += width
+        }
+        var tail: T = 0
+        while k < count { tail += values[k] - values[k]; k += 1 }
+        guard poison.sum().isNaN || tail.isNaN else { return nil }
         return (0..<count).first { !values[$0].isFinite }
     }
 }

@@ -1365,6 +1365,959 @@ static void test_known_values(void)
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The fused head (since 0.2): amm_head_forward_backward_f32 / _f64
+ * ------------------------------------------------------------------------------------------- */
+
+static const char *const head_name[2] = {"amm_head_forward_backward_f32",
+                                         "amm_head_forward_backward_f64"};
+
+typedef struct {
+    const amm_params *p;
+    const void *emb; /* embeddings, n x d */
+    const void *w;   /* weights, c x d */
+    int64_t n, d, c;
+    const int64_t *labels;
+    void *loss;      /* 1 value (mean, sum) or n (none) */
+    void *gemb;      /* grad_embeddings, n x d */
+    void *gw;        /* grad_weights, c x d */
+} head_args;
+
+static int head_dispatch(int d64, const head_args *a)
+{
+    if (d64)
+        return amm_head_forward_backward_f64(a->p, (const double *)a->emb,
+                                             (const double *)a->w, a->n, a->d, a->c, a->labels,
+                                             (double *)a->loss, (double *)a->gemb,
+                                             (double *)a->gw);
+    return amm_head_forward_backward_f32(a->p, (const float *)a->emb, (const float *)a->w, a->n,
+                                         a->d, a->c, a->labels, (float *)a->loss,
+                                         (float *)a->gemb, (float *)a->gw);
+}
+
+/* Calls the head and checks that it wrote none of its inputs: params (all sizeof(amm_params)
+   bytes, padding included), embeddings, weights and labels are compared, byte for byte, with
+   copies taken before the call. */
+static int head_run(int d64, const head_args *a, int line)
+{
+    const size_t esize = d64 ? sizeof(double) : sizeof(float);
+    int sane = a->n >= 0 && a->n <= 4096 && a->d >= 1 && a->d <= 4096 && a->c >= 1 &&
+               a->c <= 4096;
+    size_t ne = sane ? (size_t)(a->n * a->d) : 0;
+    size_t nw = sane ? (size_t)(a->c * a->d) : 0;
+    size_t nl = sane ? (size_t)a->n : 0;
+
+    unsigned char p_copy[sizeof(amm_params)];
+    if (a->p)
+        memcpy(p_copy, a->p, sizeof p_copy);
+    void *e_copy = NULL, *w_copy = NULL, *l_copy = NULL;
+    if (a->emb && ne) {
+        e_copy = malloc(ne * esize);
+        memcpy(e_copy, a->emb, ne * esize);
+    }
+    if (a->w && nw) {
+        w_copy = malloc(nw * esize);
+        memcpy(w_copy, a->w, nw * esize);
+    }
+    if (a->labels && nl) {
+        l_copy = malloc(nl * sizeof(int64_t));
+        memcpy(l_copy, a->labels, nl * sizeof(int64_t));
+    }
+
+    int status = head_dispatch(d64, a);
+
+    int unchanged = 1;
+    if (a->p && memcmp(p_copy, a->p, sizeof p_copy) != 0)
+        unchanged = 0;
+    if (e_copy && memcmp(e_copy, a->emb, ne * esize) != 0)
+        unchanged = 0;
+    if (w_copy && memcmp(w_copy, a->w, nw * esize) != 0)
+        unchanged = 0;
+    if (l_copy && memcmp(l_copy, a->labels, nl * sizeof(int64_t)) != 0)
+        unchanged = 0;
+    check(unchanged, line, "%s wrote one of its inputs (params, embeddings, weights or labels)",
+          head_name[d64]);
+    free(e_copy);
+    free(w_copy);
+    free(l_copy);
+    return status;
+}
+
+/* Calls the head and checks its status; for an error, also the message (as expect()). */
+static void head_expect(int line, int d64, const head_args *a, int want, const char *word,
+                        const char *text)
+{
+    int status = head_run(d64, a, line);
+    const char *msg = amm_last_error();
+    check(status == want, line, "%s returned %s (%d), expected %s; amm_last_error(): \"%s\"",
+          head_name[d64], amm_status_name(status), status, amm_status_name(want), msg);
+    if (want == AMM_OK || status != want)
+        return;
+    check(msg != NULL && msg[0] != '\0', line, "%s: %s with an empty message", head_name[d64],
+          amm_status_name(status));
+    if (word)
+        check(has_word(msg, word), line, "%s: the %s message should name '%s': \"%s\"",
+              head_name[d64], amm_status_name(status), word, msg);
+    if (text)
+        check(has_text_ci(msg, text), line, "%s: the %s message should contain '%s': \"%s\"",
+              head_name[d64], amm_status_name(status), text, msg);
+}
+
+/* A head problem in both precisions, with its output buffers (one spare value past each, for
+   sentinels). The f64 inputs are the f32 ones widened, so that one reference serves both. */
+typedef struct {
+    int n, d, c;
+    float *x32, *w32;
+    double *x64, *w64;
+    int64_t *labels;
+    float *loss32, *gx32, *gw32;
+    double *loss64, *gx64, *gw64;
+} head_problem;
+
+static void *alloc_zero(size_t count, size_t size) { return calloc(count + 1, size); }
+
+/* Deterministic embeddings and weights of various norms; each labelled row leans a little
+   towards its class. Rows with i % 5 == 2 are ignored (-100). */
+static void head_problem_init(head_problem *h, int n, int d, int c)
+{
+    h->n = n;
+    h->d = d;
+    h->c = c;
+    h->x32 = alloc_zero((size_t)n * d, sizeof(float));
+    h->w32 = alloc_zero((size_t)c * d, sizeof(float));
+    h->x64 = alloc_zero((size_t)n * d, sizeof(double));
+    h->w64 = alloc_zero((size_t)c * d, sizeof(double));
+    h->labels = alloc_zero((size_t)n, sizeof(int64_t));
+    h->loss32 = alloc_zero((size_t)n, sizeof(float));
+    h->gx32 = alloc_zero((size_t)n * d, sizeof(float));
+    h->gw32 = alloc_zero((size_t)c * d, sizeof(float));
+    h->loss64 = alloc_zero((size_t)n, sizeof(double));
+    h->gx64 = alloc_zero((size_t)n * d, sizeof(double));
+    h->gw64 = alloc_zero((size_t)c * d, sizeof(double));
+    for (int j = 0; j < c; ++j)
+        for (int k = 0; k < d; ++k)
+            h->w32[j * d + k] = (float)((0.5 + 0.3 * (j % 7)) * cos(0.9 * j - 1.7 * k + 0.2));
+    for (int i = 0; i < n; ++i) {
+        h->labels[i] = i % 5 == 2 ? -100 : (int64_t)((i * 3 + 1) % c);
+        for (int k = 0; k < d; ++k) {
+            double v = (0.5 + 0.4 * i) * sin(1.1 * i + 2.3 * k + 0.4);
+            if (h->labels[i] >= 0)
+                v += 1.5 * (double)h->w32[h->labels[i] * d + k];
+            h->x32[i * d + k] = (float)v;
+        }
+    }
+    for (int k = 0; k < n * d; ++k)
+        h->x64[k] = (double)h->x32[k];
+    for (int k = 0; k < c * d; ++k)
+        h->w64[k] = (double)h->w32[k];
+}
+
+static void head_problem_free(head_problem *h)
+{
+    free(h->x32); free(h->w32); free(h->x64); free(h->w64); free(h->labels);
+    free(h->loss32); free(h->gx32); free(h->gw32);
+    free(h->loss64); free(h->gx64); free(h->gw64);
+}
+
+static head_args head_problem_args(const head_problem *h, int d64, const amm_params *p)
+{
+    head_args a;
+    a.p = p;
+    a.n = h->n;
+    a.d = h->d;
+    a.c = h->c;
+    a.labels = h->labels;
+    a.emb = d64 ? (const void *)h->x64 : (const void *)h->x32;
+    a.w = d64 ? (const void *)h->w64 : (const void *)h->w32;
+    a.loss = d64 ? (void *)h->loss64 : (void *)h->loss32;
+    a.gemb = d64 ? (void *)h->gx64 : (void *)h->gx32;
+    a.gw = d64 ? (void *)h->gw64 : (void *)h->gw32;
+    return a;
+}
+
+/* v^ = v / max(||v||, 1e-12), row by row (FORMULATION.md, "Head"). */
+static void ref_normalize(const double *v, int rows, int d, double *vh)
+{
+    for (int i = 0; i < rows; ++i) {
+        double sq = 0.0;
+        for (int k = 0; k < d; ++k)
+            sq += v[i * d + k] * v[i * d + k];
+        double r = sqrt(sq) > 1e-12 ? sqrt(sq) : 1e-12;
+        for (int k = 0; k < d; ++k)
+            vh[i * d + k] = v[i * d + k] / r;
+    }
+}
+
+/* dv = (dv^ - v^ <v^, dv^>) / ||v|| where ||v|| >= 1e-12, dv^ / 1e-12 otherwise. */
+static void ref_normalize_backward(const double *v, const double *vh, const double *dvh,
+                                   int rows, int d, double *dv)
+{
+    for (int i = 0; i < rows; ++i) {
+        double sq = 0.0, dot = 0.0;
+        for (int k = 0; k < d; ++k) {
+            sq += v[i * d + k] * v[i * d + k];
+            dot += vh[i * d + k] * dvh[i * d + k];
+        }
+        double r = sqrt(sq);
+        for (int k = 0; k < d; ++k)
+            dv[i * d + k] = r >= 1e-12 ? (dvh[i * d + k] - vh[i * d + k] * dot) / r
+                                       : dvh[i * d + k] / 1e-12;
+    }
+}
+
+/* The head by its definition, in double precision: cos = x^ W^^T formed here, the loss and
+   grad_cos from amm_forward_backward_f64, then the chain rule dx^ = gcos W^, dW^ = gcos^T x^
+   and the normalisation's backward. Returns amm_forward_backward_f64's status. */
+static int ref_head(const amm_params *p, const double *x, const double *w, int n, int d, int c,
+                    const int64_t *labels, double *loss, double *gx, double *gw)
+{
+    double *xh = alloc_zero((size_t)n * d, sizeof(double));
+    double *wh = alloc_zero((size_t)c * d, sizeof(double));
+    double *cosm = alloc_zero((size_t)n * c, sizeof(double));
+    double *gcos = alloc_zero((size_t)n * c, sizeof(double));
+    double *gxh = alloc_zero((size_t)n * d, sizeof(double));
+    double *gwh = alloc_zero((size_t)c * d, sizeof(double));
+    ref_normalize(x, n, d, xh);
+    ref_normalize(w, c, d, wh);
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < c; ++j) {
+            double s = 0.0;
+            for (int k = 0; k < d; ++k)
+                s += xh[i * d + k] * wh[j * d + k];
+            cosm[i * c + j] = s;
+        }
+    int st = amm_forward_backward_f64(p, cosm, n, c, labels, loss, gcos);
+    if (st == AMM_OK) {
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < c; ++j)
+                for (int k = 0; k < d; ++k) {
+                    gxh[i * d + k] += gcos[i * c + j] * wh[j * d + k];
+                    gwh[j * d + k] += gcos[i * c + j] * xh[i * d + k];
+                }
+        ref_normalize_backward(x, xh, gxh, n, d, gx);
+        ref_normalize_backward(w, wh, gwh, c, d, gw);
+    }
+    free(xh); free(wh); free(cosm); free(gcos); free(gxh); free(gwh);
+    return st;
+}
+
+/* The first index where got and want differ by more than rel * |want| + abs_frac * (the largest
+   |want| of its row of `cols`), or -1 if none. Each row has its own scale: the gradient of a
+   row of (nearly) zero norm is 1e12 times larger than the others. */
+static long rows_differ(const double *got, const double *want, int rows, int cols, double rel,
+                        double abs_frac)
+{
+    for (int i = 0; i < rows; ++i) {
+        double rmax = max_abs(want + (size_t)i * cols, (size_t)cols);
+        for (int k = 0; k < cols; ++k) {
+            size_t at = (size_t)i * cols + k;
+            if (!(close_to(got[at], want[at], rel, abs_frac * rmax)))
+                return (long)at;
+        }
+    }
+    return -1;
+}
+
+static double *widen(const float *v, size_t count)
+{
+    double *out = alloc_zero(count, sizeof(double));
+    for (size_t k = 0; k < count; ++k)
+        out[k] = (double)v[k];
+    return out;
+}
+
+static int all_finite(const double *v, size_t count)
+{
+    for (size_t k = 0; k < count; ++k)
+        if (!isfinite(v[k]))
+            return 0;
+    return 1;
+}
+
+/* Runs the head (f64 or f32) on h with p and compares loss and both gradients with ref_head;
+   `what` names the case in messages. Sentinels past the outputs must survive. */
+static void head_check_against_ref(const head_problem *h, const amm_params *p, int d64,
+                                   double rel_loss, double rel_grad, double abs_grad,
+                                   const char *what, int line)
+{
+    const int n = h->n, d = h->d, c = h->c;
+    const int nl = p->reduction == AMM_REDUCTION_NONE ? n : 1;
+    double *rl = alloc_zero((size_t)n, sizeof(double));
+    double *rgx = alloc_zero((size_t)n * d, sizeof(double));
+    double *rgw = alloc_zero((size_t)c * d, sizeof(double));
+    int st = ref_head(p, h->x64, h->w64, n, d, c, h->labels, rl, rgx, rgw);
+    check(st == AMM_OK, line, "%s: the reference's amm_forward_backward_f64: %s: %s", what,
+          amm_status_name(st), amm_last_error());
+
+    if (d64) {
+        h->loss64[nl] = -7.0;
+        h->gx64[n * d] = -7.0;
+        h->gw64[c * d] = -7.0;
+    } else {
+        h->loss32[nl] = -7.0f;
+        h->gx32[n * d] = -7.0f;
+        h->gw32[c * d] = -7.0f;
+    }
+    head_args a = head_problem_args(h, d64, p);
+    head_expect(line, d64, &a, AMM_OK, NULL, NULL);
+    check(d64 ? (h->loss64[nl] == -7.0 && h->gx64[n * d] == -7.0 && h->gw64[c * d] == -7.0)
+              : (h->loss32[nl] == -7.0f && h->gx32[n * d] == -7.0f && h->gw32[c * d] == -7.0f),
+          line, "%s %s: a value past the documented outputs was written", head_name[d64], what);
+
+    double *gl = d64 ? h->loss64 : widen(h->loss32, (size_t)nl);
+    double *gx = d64 ? h->gx64 : widen(h->gx32, (size_t)n * d);
+    double *gw = d64 ? h->gw64 : widen(h->gw32, (size_t)c * d);
+    long bad = rows_differ(gl, rl, 1, nl, rel_loss, 0.0);
+    check(bad < 0, line, "%s %s: loss[%ld] = %.17g, expected %.17g (cos formed in the test, "
+          "then amm_forward_backward_f64)", head_name[d64], what, bad, bad < 0 ? 0.0 : gl[bad],
+          bad < 0 ? 0.0 : rl[bad]);
+    bad = rows_differ(gx, rgx, n, d, rel_grad, abs_grad);
+    check(bad < 0, line, "%s %s: grad_embeddings[%ld, %ld] = %.17g, expected %.17g (chain rule)",
+          head_name[d64], what, bad < 0 ? 0L : bad / d, bad < 0 ? 0L : bad % d,
+          bad < 0 ? 0.0 : gx[bad], bad < 0 ? 0.0 : rgx[bad]);
+    bad = rows_differ(gw, rgw, c, d, rel_grad, abs_grad);
+    check(bad < 0, line, "%s %s: grad_weights[%ld, %ld] = %.17g, expected %.17g (chain rule)",
+          head_name[d64], what, bad < 0 ? 0L : bad / d, bad < 0 ? 0L : bad % d,
+          bad < 0 ? 0.0 : gw[bad], bad < 0 ? 0.0 : rgw[bad]);
+    /* ignored rows: zero gradient, and loss 0 under reduction none */
+    int zero = 1;
+    for (int i = 0; i < n; ++i)
+        if (h->labels[i] == p->ignore_index) {
+            for (int k = 0; k < d; ++k)
+                zero &= gx[i * d + k] == 0.0;
+            if (p->reduction == AMM_REDUCTION_NONE)
+                zero &= gl[i] == 0.0;
+        }
+    check(zero, line, "%s %s: an ignored row has a non-zero grad_embeddings row or loss",
+          head_name[d64], what);
+    if (!d64) {
+        free(gl);
+        free(gx);
+        free(gw);
+    }
+    free(rl);
+    free(rgx);
+    free(rgw);
+}
+
+static void test_head_known_values(void)
+{
+    section = "head: known values";
+    head_problem h;
+    head_problem_init(&h, 4, 3, 5); /* labels {1, 4, -100, 0} */
+    char what[96];
+    for (int v = 0; v < NVARIANTS; ++v)
+        for (int r = 0; r < 3; ++r) {
+            amm_params p;
+            variant(&p, v);
+            p.reduction = r;
+            snprintf(what, sizeof what, "variant %d reduction %d", v, r);
+            head_check_against_ref(&h, &p, 1, 1e-12, 1e-11, 1e-12, what, __LINE__);
+            head_check_against_ref(&h, &p, 0, 1e-5, 1e-5, 1e-5, what, __LINE__);
+        }
+
+    /* ignore_index may be a class index: the rows labelled with it are skipped. */
+    {
+        amm_params p;
+        amm_params_init(&p);
+        p.ignore_index = 0;
+        p.reduction = AMM_REDUCTION_NONE;
+        h.labels[2] = 0; /* rows 2 and 3 now hold label 0 */
+        head_check_against_ref(&h, &p, 1, 1e-12, 1e-11, 1e-12, "ignore_index = 0", __LINE__);
+        head_check_against_ref(&h, &p, 0, 1e-5, 1e-5, 1e-5, "ignore_index = 0", __LINE__);
+        CHECK(h.loss64[2] == 0.0 && h.loss64[3] == 0.0 && h.loss64[0] > 0.0,
+              "ignore_index = 0: rows 2 and 3 (label 0) have losses %g and %g, expected 0",
+              h.loss64[2], h.loss64[3]);
+    }
+    head_problem_free(&h);
+
+    /* A wider problem: d and c beyond one vector register, a few ignored rows. */
+    head_problem_init(&h, 11, 19, 37);
+    for (int r = 0; r < 3; ++r) {
+        amm_params p;
+        variant(&p, r == 2 ? 3 : 0);
+        p.reduction = r;
+        snprintf(what, sizeof what, "11 x 19 x 37, reduction %d", r);
+        head_check_against_ref(&h, &p, 1, 1e-12, 1e-11, 1e-12, what, __LINE__);
+        head_check_against_ref(&h, &p, 0, 1e-5, 1e-5, 1e-5, what, __LINE__);
+    }
+    head_problem_free(&h);
+
+    /* Normalisation is scale invariant: an embedding row and a weight row multiplied by a huge
+       (finite) factor give the same loss, and gradients divided by the factor. */
+    section = "head: large norms";
+    for (int d64 = 0; d64 < 2; ++d64) {
+        head_problem h0, hb;
+        head_problem_init(&h0, 4, 3, 5);
+        head_problem_init(&hb, 4, 3, 5);
+        const double big = d64 ? 0x1p600 : 0x1p70; /* squares overflow the element type */
+        for (int k = 0; k < 3; ++k) {
+            hb.x64[1 * 3 + k] *= big;
+            hb.x32[1 * 3 + k] *= (float)big;
+            hb.w64[3 * 3 + k] *= big;
+            hb.w32[3 * 3 + k] *= (float)big;
+        }
+        amm_params p;
+        amm_params_init(&p);
+        p.reduction = AMM_REDUCTION_NONE;
+        head_args a = head_problem_args(&h0, d64, &p);
+        head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+        a = head_problem_args(&hb, d64, &p);
+        head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+        const double tol = d64 ? 1e-12 : 1e-5;
+        int ok = 1;
+        for (int i = 0; i < 4; ++i)
+            ok &= d64 ? close_to(hb.loss64[i], h0.loss64[i], tol, 0.0)
+                      : close_to((double)hb.loss32[i], (double)h0.loss32[i], tol, 0.0);
+        CHECK(ok, "%s: a row of norm ~%g changes the loss (row 1: %.9g vs %.9g)",
+              head_name[d64], big, d64 ? hb.loss64[1] : (double)hb.loss32[1],
+              d64 ? h0.loss64[1] : (double)h0.loss32[1]);
+        ok = 1;
+        for (int k = 0; k < 3; ++k) {
+            double gxb = d64 ? hb.gx64[3 + k] : (double)hb.gx32[3 + k];
+            double gx0 = d64 ? h0.gx64[3 + k] : (double)h0.gx32[3 + k];
+            double gwb = d64 ? hb.gw64[9 + k] : (double)hb.gw32[9 + k];
+            double gw0 = d64 ? h0.gw64[9 + k] : (double)h0.gw32[9 + k];
+            ok &= close_to(gxb * big, gx0, 1e3 * tol, 1e-3 * tol) &&
+                  close_to(gwb * big, gw0, 1e3 * tol, 1e-3 * tol);
+        }
+        CHECK(ok, "%s: the gradient of a row of norm ~%g is not the unscaled row's / %g",
+              head_name[d64], big, big);
+        head_problem_free(&h0);
+        head_problem_free(&hb);
+    }
+}
+
+/* Zero-norm rows, and rows whose norm is below the 1e-12 floor. */
+static void test_head_small_norms(void)
+{
+    section = "head: zero norms";
+    head_problem h;
+    head_problem_init(&h, 4, 3, 5);
+    for (int k = 0; k < 3; ++k) {
+        h.x32[0 * 3 + k] = 0.0f; /* embedding row 0: zero */
+        h.w32[1 * 3 + k] = 0.0f; /* weight row 1 (the label of row 0): zero */
+        h.w32[2 * 3 + k] = (float)(1e-13 * (k + 1)); /* weight row 2: norm 3.7e-13 < 1e-12 */
+        h.x32[3 * 3 + k] = (float)(-2e-13 * (k + 2)); /* embedding row 3: norm 1.1e-12 */
+    }
+    for (int k = 0; k < 4 * 3; ++k)
+        h.x64[k] = (double)h.x32[k];
+    for (int k = 0; k < 5 * 3; ++k)
+        h.w64[k] = (double)h.w32[k];
+    for (int r = 0; r < 3; ++r) {
+        amm_params p;
+        amm_params_init(&p);
+        p.reduction = r;
+        for (int d64 = 0; d64 < 2; ++d64) {
+            head_args a = head_problem_args(&h, d64, &p);
+            head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+            const int nl = r == AMM_REDUCTION_NONE ? 4 : 1;
+            double *gl = d64 ? h.loss64 : widen(h.loss32, (size_t)nl);
+            double *gx = d64 ? h.gx64 : widen(h.gx32, 12);
+            double *gw = d64 ? h.gw64 : widen(h.gw32, 15);
+            CHECK(all_finite(gl, (size_t)nl) && all_finite(gx, 12) && all_finite(gw, 15),
+                  "%s reduction %d: zero-norm rows give a non-finite output", head_name[d64],
+                  r);
+            if (!d64) {
+                free(gl);
+                free(gx);
+                free(gw);
+            }
+        }
+        char what[64];
+        snprintf(what, sizeof what, "zero / tiny norms, reduction %d", r);
+        head_check_against_ref(&h, &p, 1, 1e-12, 1e-9, 1e-12, what, __LINE__);
+        head_check_against_ref(&h, &p, 0, 1e-5, 1e-5, 1e-5, what, __LINE__);
+    }
+    head_problem_free(&h);
+}
+
+/* head_block_size: any positive value gives the default's results to rounding; -1 is refused;
+   a caller of version 0.1 (struct_size 56) gets the default whatever follows its struct. */
+static void test_head_block_size(void)
+{
+    section = "head: block size";
+    {
+        amm_params p;
+        memset(&p, 0xAB, sizeof p);
+        amm_params_init(&p);
+        CHECK(p.head_block_size == 0, "default head_block_size = %lld",
+              (long long)p.head_block_size);
+    }
+    const int shapes[2][3] = {{6, 4, 11}, {9, 7, 130}};
+    const int64_t sizes[] = {0, 1, 2, 3, 5, 16, 100, (int64_t)1 << 40, INT64_MAX};
+    const int nsizes = (int)(sizeof sizes / sizeof sizes[0]);
+    for (int s = 0; s < 2; ++s) {
+        head_problem h;
+        head_problem_init(&h, shapes[s][0], shapes[s][1], shapes[s][2]);
+        const int n = h.n, d = h.d, c = h.c;
+        for (int r = 0; r < 3; ++r) {
+            const int nl = r == AMM_REDUCTION_NONE ? n : 1;
+            double *l0 = alloc_zero((size_t)n, sizeof(double));
+            double *gx0 = alloc_zero((size_t)n * d, sizeof(double));
+            double *gw0 = alloc_zero((size_t)c * d, sizeof(double));
+            float *l0f = alloc_zero((size_t)n, sizeof(float));
+            float *gx0f = alloc_zero((size_t)n * d, sizeof(float));
+            float *gw0f = alloc_zero((size_t)c * d, sizeof(float));
+            for (int b = 0; b < nsizes; ++b) {
+                amm_params p;
+                variant(&p, r == 1 ? 4 : 0);
+                p.reduction = r;
+                p.head_block_size = sizes[b];
+                for (int d64 = 0; d64 < 2; ++d64) {
+                    head_args a = head_problem_args(&h, d64, &p);
+                    head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+                }
+                if (b == 0) {
+                    memcpy(l0, h.loss64, (size_t)nl * sizeof(double));
+                    memcpy(gx0, h.gx64, (size_t)n * d * sizeof(double));
+                    memcpy(gw0, h.gw64, (size_t)c * d * sizeof(double));
+                    memcpy(l0f, h.loss32, (size_t)nl * sizeof(float));
+                    memcpy(gx0f, h.gx32, (size_t)n * d * sizeof(float));
+                    memcpy(gw0f, h.gw32, (size_t)c * d * sizeof(float));
+                    continue;
+                }
+                long bl = rows_differ(h.loss64, l0, 1, nl, 1e-12, 0.0);
+                long bx = rows_differ(h.gx64, gx0, n, d, 1e-12, 1e-13);
+                long bw = rows_differ(h.gw64, gw0, c, d, 1e-12, 1e-13);
+                CHECK(bl < 0 && bx < 0 && bw < 0,
+                      "f64 %d x %d x %d reduction %d: head_block_size %lld differs from 0 "
+                      "(first differences at loss %ld, grad_embeddings %ld, grad_weights %ld)",
+                      n, d, c, r, (long long)sizes[b], bl, bx, bw);
+                double *wl = widen(h.loss32, (size_t)nl), *wx = widen(h.gx32, (size_t)n * d),
+                       *ww = widen(h.gw32, (size_t)c * d);
+                double *rl = widen(l0f, (size_t)nl), *rx = widen(gx0f, (size_t)n * d),
+                       *rw = widen(gw0f, (size_t)c * d);
+                bl = rows_differ(wl, rl, 1, nl, 1e-5, 0.0);
+                bx = rows_differ(wx, rx, n, d, 1e-5, 1e-5);
+                bw = rows_differ(ww, rw, c, d, 1e-5, 1e-5);
+                CHECK(bl < 0 && bx < 0 && bw < 0,
+                      "f32 %d x %d x %d reduction %d: head_block_size %lld differs from 0 "
+                      "(first differences at loss %ld, grad_embeddings %ld, grad_weights %ld)",
+                      n, d, c, r, (long long)sizes[b], bl, bx, bw);
+                free(wl); free(wx); free(ww); free(rl); free(rx); free(rw);
+            }
+            free(l0); free(gx0); free(gw0); free(l0f); free(gx0f); free(gw0f);
+        }
+        head_problem_free(&h);
+    }
+
+    /* Negative: refused, naming the field and its value. */
+    section = "head: block size < 0";
+    {
+        head_problem h;
+        head_problem_init(&h, 4, 3, 5);
+        const int64_t neg[] = {-1, -7, INT64_MIN};
+        const char *const text[] = {"-1", "-7", "-9223372036854775808"};
+        for (int k = 0; k < 3; ++k)
+            for (int d64 = 0; d64 < 2; ++d64) {
+                amm_params p;
+                amm_params_init(&p);
+                p.head_block_size = neg[k];
+                head_args a = head_problem_args(&h, d64, &p);
+                head_expect(__LINE__, d64, &a, AMM_ERR_PARAM, "head_block_size", text[k]);
+            }
+        /* the loss functions do not use the field: any value is accepted there */
+        amm_params p;
+        amm_params_init(&p);
+        p.head_block_size = -1;
+        for (int fn = 0; fn < NFN; ++fn) {
+            args_t a = fixture_args(fn, &p);
+            expect(__LINE__, fn, &a, AMM_OK, NULL, NULL);
+        }
+        head_problem_free(&h);
+    }
+
+    /* A caller compiled against the 0.1 header: its struct ends at ignore_index (56 bytes), so
+       the 8 bytes where head_block_size now lives belong to something else. They must not be
+       read: head_block_size takes its default 0. */
+    section = "head: struct_size 56";
+    {
+        head_problem h;
+        head_problem_init(&h, 9, 7, 130);
+        const int n = h.n, d = h.d, c = h.c;
+        for (int r = 0; r < 3; ++r) {
+            const int nl = r == AMM_REDUCTION_NONE ? n : 1;
+            amm_params ref;
+            amm_params_init(&ref);
+            ref.reduction = r;
+            ref.num_threads = 2;
+            double *l0 = alloc_zero((size_t)n, sizeof(double));
+            double *gx0 = alloc_zero((size_t)n * d, sizeof(double));
+            double *gw0 = alloc_zero((size_t)c * d, sizeof(double));
+            float *l0f = alloc_zero((size_t)n, sizeof(float));
+            float *gx0f = alloc_zero((size_t)n * d, sizeof(float));
+            float *gw0f = alloc_zero((size_t)c * d, sizeof(float));
+            head_args a = head_problem_args(&h, 1, &ref);
+            head_expect(__LINE__, 1, &a, AMM_OK, NULL, NULL);
+            a = head_problem_args(&h, 0, &ref);
+            head_expect(__LINE__, 0, &a, AMM_OK, NULL, NULL);
+            memcpy(l0, h.loss64, (size_t)nl * sizeof(double));
+            memcpy(gx0, h.gx64, (size_t)n * d * sizeof(double));
+            memcpy(gw0, h.gw64, (size_t)c * d * sizeof(double));
+            memcpy(l0f, h.loss32, (size_t)nl * sizeof(float));
+            memcpy(gx0f, h.gx32, (size_t)n * d * sizeof(float));
+            memcpy(gw0f, h.gw32, (size_t)c * d * sizeof(float));
+
+            const int64_t garbage[] = {-7, 1, 3, -1 /* all bytes 0xFF */};
+            for (int g = 0; g < 4; ++g) {
+                /* the old caller's 56 bytes, then whatever its memory holds next */
+                union {
+                    amm_params p;
+                    unsigned char bytes[sizeof(amm_params)];
+                } old;
+                memset(old.bytes, 0x5A, sizeof old.bytes);
+                memcpy(old.bytes, &ref, 56);
+                old.p.struct_size = 56;
+                memcpy(old.bytes + 56, &garbage[g], sizeof garbage[g]);
+                a = head_problem_args(&h, 1, &old.p);
+                head_expect(__LINE__, 1, &a, AMM_OK, NULL, NULL);
+                CHECK(memcmp(h.loss64, l0, (size_t)nl * sizeof(double)) == 0 &&
+                          memcmp(h.gx64, gx0, (size_t)n * d * sizeof(double)) == 0 &&
+                          memcmp(h.gw64, gw0, (size_t)c * d * sizeof(double)) == 0,
+                      "f64 reduction %d: struct_size 56 with %lld after it differs from the "
+                      "default head_block_size", r, (long long)garbage[g]);
+                a = head_problem_args(&h, 0, &old.p);
+                head_expect(__LINE__, 0, &a, AMM_OK, NULL, NULL);
+                CHECK(memcmp(h.loss32, l0f, (size_t)nl * sizeof(float)) == 0 &&
+                          memcmp(h.gx32, gx0f, (size_t)n * d * sizeof(float)) == 0 &&
+                          memcmp(h.gw32, gw0f, (size_t)c * d * sizeof(float)) == 0,
+                      "f32 reduction %d: struct_size 56 with %lld after it differs from the "
+                      "default head_block_size", r, (long long)garbage[g]);
+            }
+            free(l0); free(gx0); free(gw0); free(l0f); free(gx0f); free(gw0f);
+        }
+        head_problem_free(&h);
+    }
+}
+
+static void test_head_errors(void)
+{
+    section = "head: null pointers";
+    head_problem h;
+    head_problem_init(&h, 4, 3, 5); /* labels {1, 4, -100, 0} */
+    amm_params p;
+    amm_params_init(&p);
+    for (int d64 = 0; d64 < 2; ++d64) {
+        head_args a = head_problem_args(&h, d64, &p);
+        a.p = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "params", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.emb = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "embeddings", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.w = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "weights", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.labels = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "labels", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.loss = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "loss", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.gemb = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "grad_embeddings", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.gw = NULL;
+        head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "grad_weights", NULL);
+    }
+
+    /* n == 0: embeddings, labels and grad_embeddings hold no value and may be NULL (and loss,
+       for reduction none); weights and grad_weights still hold c x d values. */
+    section = "head: n == 0";
+    for (int d64 = 0; d64 < 2; ++d64)
+        for (int r = 0; r < 3; ++r) {
+            amm_params pr;
+            amm_params_init(&pr);
+            pr.reduction = r;
+            head_args a = head_problem_args(&h, d64, &pr);
+            a.n = 0;
+            a.emb = NULL;
+            a.labels = NULL;
+            a.gemb = NULL;
+            if (r == AMM_REDUCTION_NONE)
+                a.loss = NULL;
+            h.loss64[0] = 123.0;
+            h.loss32[0] = 123.0f;
+            for (int k = 0; k < 15; ++k) {
+                h.gw64[k] = 5.0;
+                h.gw32[k] = 5.0f;
+            }
+            head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+            if (r != AMM_REDUCTION_NONE)
+                CHECK(d64 ? h.loss64[0] == 0.0 : h.loss32[0] == 0.0f,
+                      "%s: the loss of an empty batch (reduction %d) is %g, expected 0",
+                      head_name[d64], r, d64 ? h.loss64[0] : (double)h.loss32[0]);
+            int zero = 1;
+            for (int k = 0; k < 15; ++k)
+                zero &= d64 ? h.gw64[k] == 0.0 : h.gw32[k] == 0.0f;
+            CHECK(zero, "%s reduction %d: grad_weights of an empty batch is not all zero",
+                  head_name[d64], r);
+            if (r != AMM_REDUCTION_NONE) {
+                a.loss = NULL;
+                head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "loss", NULL);
+            }
+            a = head_problem_args(&h, d64, &pr);
+            a.n = 0;
+            a.w = NULL;
+            head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "weights", NULL);
+            a = head_problem_args(&h, d64, &pr);
+            a.n = 0;
+            a.gw = NULL;
+            head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "grad_weights", NULL);
+        }
+
+    section = "head: shape";
+    for (int d64 = 0; d64 < 2; ++d64) {
+        head_args a = head_problem_args(&h, d64, &p);
+        a.d = 0;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "d", NULL);
+        a.d = -2;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "d", "-2");
+        a = head_problem_args(&h, d64, &p);
+        a.c = 0;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "c", NULL);
+        a.n = 0; /* c >= 1 even for an empty batch */
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "c", NULL);
+        a = head_problem_args(&h, d64, &p);
+        a.n = -1;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "n", "-1");
+        /* each at most INT32_MAX; the check comes before any pointer is read */
+        a = head_problem_args(&h, d64, &p);
+        a.n = (int64_t)INT32_MAX + 1;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "n", "2147483648");
+        a = head_problem_args(&h, d64, &p);
+        a.d = (int64_t)INT32_MAX + 1;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "d", "2147483648");
+        a = head_problem_args(&h, d64, &p);
+        a.c = (int64_t)INT32_MAX + 1;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "c", "2147483648");
+        a = head_problem_args(&h, d64, &p);
+        a.n = (int64_t)1 << 40;
+        a.c = (int64_t)1 << 40;
+        head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, NULL, NULL);
+    }
+
+    /* Validation order: params, shape, pointers, labels, then the values. */
+    section = "head: validation order";
+    {
+        const int64_t bad_labels[4] = {1, 9, -100, 0};
+        for (int d64 = 0; d64 < 2; ++d64) {
+            amm_params pb;
+            amm_params_init(&pb);
+            pb.scale = -1.0;
+            head_args a = head_problem_args(&h, d64, &pb);
+            a.d = 0;
+            head_expect(__LINE__, d64, &a, AMM_ERR_PARAM, "scale", NULL);
+            a = head_problem_args(&h, d64, &p);
+            a.d = 0;
+            a.emb = NULL;
+            head_expect(__LINE__, d64, &a, AMM_ERR_SHAPE, "d", NULL);
+            a = head_problem_args(&h, d64, &p);
+            a.labels = bad_labels;
+            a.gw = NULL;
+            head_expect(__LINE__, d64, &a, AMM_ERR_NULL_POINTER, "grad_weights", NULL);
+            a = head_problem_args(&h, d64, &p);
+            a.labels = bad_labels;
+            head_expect(__LINE__, d64, &a, AMM_ERR_LABEL, NULL, "labels[1] = 9");
+        }
+    }
+
+    section = "head: labels";
+    {
+        const int64_t bad5[4] = {1, 4, -100, 5};
+        const int64_t bad_neg[4] = {-1, 4, -100, 0};
+        const int64_t bad_two[4] = {1, 4, 100, 7}; /* two bad rows: the first is named */
+        for (int d64 = 0; d64 < 2; ++d64) {
+            head_args a = head_problem_args(&h, d64, &p);
+            a.labels = bad5;
+            head_expect(__LINE__, d64, &a, AMM_ERR_LABEL, NULL, "labels[3] = 5");
+            a.labels = bad_neg;
+            head_expect(__LINE__, d64, &a, AMM_ERR_LABEL, NULL, "labels[0] = -1");
+            a.labels = bad_two;
+            head_expect(__LINE__, d64, &a, AMM_ERR_LABEL, NULL, "labels[2] = 100");
+        }
+    }
+
+    section = "head: nonfinite";
+    {
+        struct {
+            int in_weights, row, col;
+            double value;
+            const char *where;
+        } cases[] = {{0, 1, 2, NAN, "embeddings[1, 2]"},
+                     {0, 3, 0, INFINITY, "embeddings[3, 0]"},
+                     {0, 0, 1, -INFINITY, "embeddings[0, 1]"},
+                     {1, 4, 1, INFINITY, "weights[4, 1]"},
+                     {1, 0, 2, NAN, "weights[0, 2]"},
+                     {1, 3, 0, -INFINITY, "weights[3, 0]"}, /* class 3: no row's label */
+                     {1, 2, 1, NAN, "weights[2, 1]"}};      /* class 2: no row's label */
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+            head_problem hb;
+            head_problem_init(&hb, 4, 3, 5);
+            const int at = cases[k].row * 3 + cases[k].col;
+            if (cases[k].in_weights) {
+                hb.w32[at] = (float)cases[k].value;
+                hb.w64[at] = cases[k].value;
+            } else {
+                hb.x32[at] = (float)cases[k].value;
+                hb.x64[at] = cases[k].value;
+            }
+            for (int d64 = 0; d64 < 2; ++d64)
+                for (int r = 0; r < 3; ++r) {
+                    amm_params pr;
+                    amm_params_init(&pr);
+                    pr.reduction = r;
+                    head_args a = head_problem_args(&hb, d64, &pr);
+                    head_expect(__LINE__, d64, &a, AMM_ERR_NONFINITE, NULL, cases[k].where);
+                }
+            head_problem_free(&hb);
+        }
+    }
+
+    /* NaN and infinity in the embeddings of an ignored row (row 2) are fine and change
+       nothing; its gradient row is zero. */
+    section = "head: nonfinite in an ignored row";
+    for (int r = 0; r < 3; ++r) {
+        head_problem hb;
+        head_problem_init(&hb, 4, 3, 5);
+        hb.x32[2 * 3 + 0] = NAN;
+        hb.x64[2 * 3 + 0] = NAN;
+        hb.x32[2 * 3 + 2] = INFINITY;
+        hb.x64[2 * 3 + 2] = -INFINITY;
+        amm_params pr;
+        amm_params_init(&pr);
+        pr.reduction = r;
+        const int nl = r == AMM_REDUCTION_NONE ? 4 : 1;
+        for (int d64 = 0; d64 < 2; ++d64) {
+            head_args a = head_problem_args(&h, d64, &pr);
+            head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+            a = head_problem_args(&hb, d64, &pr);
+            head_expect(__LINE__, d64, &a, AMM_OK, NULL, NULL);
+            double *l0 = d64 ? h.loss64 : widen(h.loss32, (size_t)nl);
+            double *x0 = d64 ? h.gx64 : widen(h.gx32, 12);
+            double *w0 = d64 ? h.gw64 : widen(h.gw32, 15);
+            double *l1 = d64 ? hb.loss64 : widen(hb.loss32, (size_t)nl);
+            double *x1 = d64 ? hb.gx64 : widen(hb.gx32, 12);
+            double *w1 = d64 ? hb.gw64 : widen(hb.gw32, 15);
+            CHECK(all_finite(l1, (size_t)nl) && all_finite(x1, 12) && all_finite(w1, 15),
+                  "%s reduction %d: NaN in an ignored row's embeddings gives a non-finite "
+                  "output", head_name[d64], r);
+            CHECK(rows_differ(l1, l0, 1, nl, 1e-12, 0.0) < 0 &&
+                      rows_differ(x1, x0, 4, 3, 1e-12, 1e-13) < 0 &&
+                      rows_differ(w1, w0, 5, 3, 1e-12, 1e-13) < 0,
+                  "%s reduction %d: NaN in an ignored row's embeddings changed the results",
+                  head_name[d64], r);
+            CHECK(x1[6] == 0.0 && x1[7] == 0.0 && x1[8] == 0.0,
+                  "%s reduction %d: the ignored row's grad_embeddings is {%g, %g, %g}",
+                  head_name[d64], r, x1[6], x1[7], x1[8]);
+            if (!d64) {
+                free(l0); free(x0); free(w0); free(l1); free(x1); free(w1);
+            }
+        }
+        head_problem_free(&hb);
+    }
+
+    /* Several rows with a NaN: the lowest row is named, whatever num_threads is. */
+    section = "head: nonfinite, lowest row";
+    {
+        head_problem hb;
+        head_problem_init(&hb, 9, 7, 130);
+        const int bad[][2] = {{8, 1}, {3, 6}, {6, 0}};
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; ++k) {
+            hb.x32[bad[k][0] * 7 + bad[k][1]] = NAN;
+            hb.x64[bad[k][0] * 7 + bad[k][1]] = NAN;
+        }
+        const int threads[] = {1, 2, 4, 0};
+        for (size_t t = 0; t < sizeof threads / sizeof threads[0]; ++t)
+            for (int d64 = 0; d64 < 2; ++d64) {
+                amm_params pt;
+                amm_params_init(&pt);
+                pt.num_threads = threads[t];
+                pt.head_block_size = 32;
+                head_args a = head_problem_args(&hb, d64, &pt);
+                head_expect(__LINE__, d64, &a, AMM_ERR_NONFINITE, NULL, "embeddings[3, 6]");
+            }
+        head_problem_free(&hb);
+    }
+
+    /* Overflowing logits are reported as by the loss functions on the same cosines. */
+    section = "head: overflow";
+    {
+        amm_params po;
+        amm_params_init(&po);
+        po.scale = 1e38;
+        po.target = AMM_TARGET_COS;
+        po.margin = 5.0; /* every negative is hard ... */
+        po.hard = AMM_HARD_MV_ADAPTIVE;
+        po.hard_margin = 5.0; /* ... with g = 6 c + 5: s * g is beyond FLT_MAX */
+        args_t b = fixture_args(FB32, &po);
+        expect(__LINE__, FB32, &b, AMM_ERR_OVERFLOW, NULL, NULL);
+        head_args a = head_problem_args(&h, 0, &po);
+        head_expect(__LINE__, 0, &a, AMM_ERR_OVERFLOW, NULL, NULL);
+        a = head_problem_args(&h, 1, &po);
+        head_expect(__LINE__, 1, &a, AMM_OK, NULL, NULL);
+    }
+    head_problem_free(&h);
+}
+
+/* Results are bitwise the same for every num_threads (which also sets OpenBLAS's thread count,
+   a process-wide setting: these calls are made one at a time). */
+static void test_head_threads(void)
+{
+    section = "head: num_threads";
+    head_problem h;
+    head_problem_init(&h, 9, 7, 130);
+    const int n = h.n, d = h.d, c = h.c;
+    const int threads[] = {1, 2, 4, 0, 3};
+    const int nt = (int)(sizeof threads / sizeof threads[0]);
+    for (int r = 0; r < 3; ++r) {
+        const int nl = r == AMM_REDUCTION_NONE ? n : 1;
+        double *l0 = alloc_zero((size_t)n, sizeof(double));
+        double *gx0 = alloc_zero((size_t)n * d, sizeof(double));
+        double *gw0 = alloc_zero((size_t)c * d, sizeof(double));
+        float *l0f = alloc_zero((size_t)n, sizeof(float));
+        float *gx0f = alloc_zero((size_t)n * d, sizeof(float));
+        float *gw0f = alloc_zero((size_t)c * d, sizeof(float));
+        for (int t = 0; t < nt; ++t) {
+            amm_params p;
+            variant(&p, r == 2 ? 3 : 0);
+            p.reduction = r;
+            p.num_threads = threads[t];
+            p.head_block_size = 32;
+            head_args a = head_problem_args(&h, 1, &p);
+            head_expect(__LINE__, 1, &a, AMM_OK, NULL, NULL);
+            a = head_problem_args(&h, 0, &p);
+            head_expect(__LINE__, 0, &a, AMM_OK, NULL, NULL);
+            if (t == 0) {
+                memcpy(l0, h.loss64, (size_t)nl * sizeof(double));
+                memcpy(gx0, h.gx64, (size_t)n * d * sizeof(double));
+                memcpy(gw0, h.gw64, (size_t)c * d * sizeof(double));
+                memcpy(l0f, h.loss32, (size_t)nl * sizeof(float));
+                memcpy(gx0f, h.gx32, (size_t)n * d * sizeof(float));
+                memcpy(gw0f, h.gw32, (size_t)c * d * sizeof(float));
+                continue;
+            }
+            CHECK(memcmp(h.loss64, l0, (size_t)nl * sizeof(double)) == 0,
+                  "f64 reduction %d: the loss with num_threads %d differs from num_threads 1",
+                  r, threads[t]);
+            CHECK(memcmp(h.gx64, gx0, (size_t)n * d * sizeof(double)) == 0 &&
+                      memcmp(h.gw64, gw0, (size_t)c * d * sizeof(double)) == 0,
+                  "f64 reduction %d: the gradients with num_threads %d differ from "
+                  "num_threads 1", r, threads[t]);
+            CHECK(memcmp(h.loss32, l0f, (size_t)nl * sizeof(float)) == 0,
+                  "f32 reduction %d: the loss with num_threads %d differs from num_threads 1",
+                  r, threads[t]);
+            CHECK(memcmp(h.gx32, gx0f, (size_t)n * d * sizeof(float)) == 0 &&
+                      memcmp(h.gw32, gw0f, (size_t)c * d * sizeof(float)) == 0,
+                  "f32 reduction %d: the gradients with num_threads %d differ from "
+                  "num_threads 1", r, threads[t]);
+        }
+        free(l0); free(gx0); free(gw0); free(l0f); free(gx0f); free(gw0f);
+    }
+    head_problem_free(&h);
+}
+
 /* ------------------------------------------------------------------------------------------- */
 
 int main(void)
@@ -1390,6 +2343,11 @@ int main(void)
     test_threads();
     test_concurrent_calls();
     test_known_values();
+    test_head_known_values();
+    test_head_small_norms();
+    test_head_block_size();
+    test_head_errors();
+    test_head_threads();
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;

@@ -2,7 +2,8 @@
  * example.c -- using libAMMSoftmax from C (or C++), against include/amm_softmax.h alone.
  *
  * It computes the AMM-Softmax loss and its gradient for a small batch of cosine logits, in
- * single and in double precision, then shows what a refused call looks like.
+ * single and in double precision, then the same loss straight from embeddings and class weights
+ * with the fused head, and shows what a refused call looks like.
  *
  * Build and run from the repository root (after `swift build -c release`):
  *
@@ -18,9 +19,10 @@
 
 #include "amm_softmax.h"
 
-/* A small batch: N samples, C classes. */
+/* A small batch: N samples, C classes; D dimensions of an embedding (for the fused head). */
 #define N 4
 #define C 6
+#define D 3
 
 
 /* Checks a status: on failure, prints the call, the status and the library's message (which
@@ -96,7 +98,41 @@ int main(void)
         return 1;
     }
 
-    /* 5. Error handling: a label outside [0, C) that is not ignore_index is refused. The call
+    /* 5. The fused head: raw embeddings (N x D) and class weights (C x D, one row per class)
+          in; the loss on cos = normalize(embeddings) normalize(weights)^T and its gradients
+          with respect to both out. The N x C matrix of cosines is never held: the classes are
+          processed in blocks (params.head_block_size, 0 = automatic). The rows need not be
+          normalised: the function does it, and the gradients flow through that step. */
+    float embeddings[N * D], weights[C * D];
+    for (int j = 0; j < C; ++j)
+        for (int k = 0; k < D; ++k)
+            weights[j * D + k] = (float)cos(0.9 * j - 1.7 * k + 0.2);
+    for (int i = 0; i < N; ++i)
+        for (int k = 0; k < D; ++k) {
+            /* each sample leans towards the weight row of its class (any scale will do) */
+            double lean = labels[i] >= 0 ? 1.5 * weights[labels[i] * D + k] : 0.0;
+            embeddings[i * D + k] = (float)(2.0 * (sin(1.1 * i + 2.3 * k + 0.4) + lean));
+        }
+    float head_loss = 0.0f;
+    float grad_embeddings[N * D]; /* d loss / d embeddings (the ignored row 3 is zero) */
+    float grad_weights[C * D];    /* d loss / d weights                                */
+    if (!succeeded("amm_head_forward_backward_f32",
+                   amm_head_forward_backward_f32(&params, embeddings, weights, N, D, C, labels,
+                                                 &head_loss, grad_embeddings, grad_weights)))
+        return 1;
+    printf("head loss (f32, embeddings %d x %d, weights %d x %d) = %.6f\n", N, D, C, D,
+           (double)head_loss);
+    printf("head d loss / d embeddings, sample 0: %+9.5f %+9.5f %+9.5f\n",
+           (double)grad_embeddings[0], (double)grad_embeddings[1], (double)grad_embeddings[2]);
+    printf("head d loss / d weights, class 2:     %+9.5f %+9.5f %+9.5f\n",
+           (double)grad_weights[2 * D], (double)grad_weights[2 * D + 1],
+           (double)grad_weights[2 * D + 2]);
+    if (!(head_loss > 0.0f) || grad_embeddings[3 * D] != 0.0f) {
+        fprintf(stderr, "unexpected head results\n");
+        return 1;
+    }
+
+    /* 6. Error handling: a label outside [0, C) that is not ignore_index is refused. The call
           returns a status code, and amm_last_error() (per thread, owned by the library) says
           which row and value were wrong. The outputs are unspecified after a refused call. */
     const int64_t bad_labels[N] = {2, 0, 9, -100}; /* 9 is not a class: C = 6 */

@@ -70,20 +70,23 @@ def forward(cos, labels, **params):
     return _loss_value(p, loss)
 
 
-def _gradient_out(out, cos: np.ndarray) -> np.ndarray:
-    """`out` checked as a destination for the gradient of `cos`, or a new array."""
+def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out") -> np.ndarray:
+    """`out` checked as a destination for the gradient of `like` (the input called `name`), or
+    a new array."""
     if out is None:
-        return np.empty(cos.shape, dtype=cos.dtype)
+        return np.empty(like.shape, dtype=like.dtype)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != cos.dtype:
-        raise TypeError(f"out must have the dtype of cos ({cos.dtype}), got {out.dtype}")
-    if out.shape != cos.shape:
-        raise ValueError(f"out must have the shape of cos {cos.shape}, got {out.shape}")
+        raise TypeError(f"{out_name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"{out_name} must have the dtype of {name} ({like.dtype}), "
+                        f"got {out.dtype}")
+    if out.shape != like.shape:
+        raise ValueError(f"{out_name} must have the shape of {name} {like.shape}, "
+                         f"got {out.shape}")
     if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
-        raise ValueError("out must be a writeable, aligned, C-contiguous array")
-    if np.shares_memory(out, cos):
-        raise ValueError("out must not overlap cos (inputs are never modified)")
+        raise ValueError(f"{out_name} must be a writeable, aligned, C-contiguous array")
+    if np.shares_memory(out, like):
+        raise ValueError(f"{out_name} must not overlap {name} (inputs are never modified)")
     return out
 
 
@@ -126,14 +129,15 @@ def _dense(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params):
+def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None, **params):
     """The fused head: (loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T, without the (N, C) matrix.
 
     embeddings (N, D) and weights (C, D, one row per class) are float32 or float64 of one dtype;
     labels (N,) integers. Rows are normalised as torch.nn.functional.normalize does. The classes
     go through in blocks of `block_size` (0: the library's rule, 32 MiB a block). Gradients are
-    shaped and typed like the inputs."""
+    shaped and typed like the inputs; `out=(grad_embeddings, grad_weights)` receives them in
+    given arrays (C-contiguous, of those shapes and dtype), as `out` does for backward."""
     p = check_params(**params)
     block_size = check_block_size(block_size)
     embeddings, weights = check_head_inputs(embeddings, weights)
@@ -143,8 +147,16 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params
     embeddings, weights = _dense(embeddings), _dense(weights)
     lib = L.load()
     loss = _loss_out(p, embeddings)
-    grad_embeddings = np.empty_like(embeddings)
-    grad_weights = np.empty_like(weights)
+    if out is None:
+        grad_embeddings, grad_weights = np.empty_like(embeddings), np.empty_like(weights)
+    else:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError("out must be a tuple (grad_embeddings, grad_weights)")
+        grad_embeddings = _gradient_out(out[0], embeddings, "embeddings", "out[0]")
+        grad_weights = _gradient_out(out[1], weights, "weights", "out[1]")
+        if np.shares_memory(out[0], weights) or np.shares_memory(out[1], embeddings) or \
+                np.shares_memory(out[0], out[1]):
+            raise ValueError("out arrays must not overlap each other or the inputs")
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
     _check_status(lib, fn(ctypes.byref(_abi_params(p, block_size)), embeddings.ctypes.data,
                           weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,

@@ -156,7 +156,7 @@ def _normalize_backward(v_hat, norms, grad_v_hat):
     return np.where((norms >= NORM_FLOOR)[:, None], projected, grad_v_hat / NORM_FLOOR)
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params):
+def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None, **params):
     """(loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
     and its backward, then back through the products and the normalisation. `block_size` is
@@ -185,4 +185,7 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, **params
     dtype = embeddings.dtype
     if p.reduction == "none":
         loss = loss.astype(dtype)
+    if out is not None:
+        out[0][...], out[1][...] = grad_x, grad_w
+        return loss, out[0], out[1]
     return loss, grad_x.astype(dtype), grad_w.astype(dtype)
