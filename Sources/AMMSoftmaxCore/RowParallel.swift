@@ -57,6 +57,26 @@ package enum RowParallel {
     /// computing a few thousand elements, so small calls stay on the calling thread.
     static let elementsPerWorker = 65_536
 
+    /// Runs `body(item)` for every item in [0, count) on up to `threads` workers (0 = one per
+    /// core), worker w taking items w, w + W, ...: for work already cut into pieces of a fixed
+    /// size (the head's matrix products), where each item is worth a thread.
+    package static func forEachItem(count: Int, threads: Int, _ body: (Int) -> Void) {
+        let requested = threads == 0 ? availableCores : threads
+        let workers = Swift.max(1, Swift.min(requested, count))
+        func work(_ worker: Int) {
+            for item in stride(from: worker, to: count, by: workers) { body(item) }
+        }
+        if workers == 1 {
+            work(0)
+            return
+        }
+        // As in forEachRow: each item writes only its own part of the output.
+        withoutActuallyEscaping(work) { work in
+            let shared = UncheckedSendable(work)
+            DispatchQueue.concurrentPerform(iterations: workers) { shared.value($0) }
+        }
+    }
+
     /// The worker count `forEachRow` uses for these arguments: size per-worker state with it.
     /// It never changes a result, only how the rows are shared.
     package static func workerCount(rows: Int, columns: Int, threads: Int) -> Int {

@@ -1,3 +1,4 @@
+import AMMSoftmaxCore
 import AMMSoftmaxMath
 import COpenBLAS
 
@@ -39,7 +40,66 @@ extension Double: GEMMScalar {
     }
 }
 
-/// How many threads OpenBLAS uses (process-wide: OpenBLAS has no per-call setting).
+/// OpenBLAS's own thread count (process-wide: OpenBLAS 0.3.21 has no per-call setting).
 enum BLASThreads {
-    static func use(_ threads: Int) { openblas_set_num_threads(Int32(threads)) }
+    /// Runs `body` with OpenBLAS single-threaded, restoring the caller's setting after.
+    ///
+    /// Why: OpenBLAS splits a product differently for different thread counts, and its results
+    /// then differ in the last bits; the head instead splits each product into fixed chunks
+    /// (`ChunkedGEMM`) that its own workers compute with single-threaded calls, so the bits do
+    /// not depend on the thread count. (It also keeps OpenBLAS's idle threads from spinning
+    /// against the head's workers.)
+    static func singleThreaded<R>(_ body: () throws(LossError) -> R) throws(LossError) -> R {
+        let previous = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(previous) }
+        return try body()
+    }
+}
+
+/// The head's three products, each split into chunks of a fixed size along an output dimension
+/// and spread over the workers: every output element is computed by the same single-threaded
+/// call whatever the thread count, so the results are bitwise the same for every count.
+struct ChunkedGEMM<T: GEMMScalar> {
+    /// Classes (or embedding columns) per chunk: large enough for OpenBLAS to run near its
+    /// single-thread peak, small enough to give two workers several chunks per block.
+    static var chunk: Int { 256 }
+
+    let threads: Int
+
+    /// cos (n x count, row stride count) = x^ (n x d) W^_b^T, W^_b count x d; split over classes.
+    func cosines(xHat: UnsafePointer<T>, wHat: UnsafePointer<T>, n: Int, d: Int, count: Int,
+                 into cos: UnsafeMutablePointer<T>) {
+        forEachChunk(count) { j0, width in
+            T.gemm(transposeA: false, transposeB: true, m: n, n: width, k: d, alpha: 1,
+                   a: xHat, lda: d, b: wHat + j0 * d, ldb: d, beta: 0, c: cos + j0, ldc: count)
+        }
+    }
+
+    /// dx^ (n x d) += dcos (n x count) W^_b (count x d); split over embedding columns.
+    func accumulateEmbeddings(dcos: UnsafePointer<T>, wHat: UnsafePointer<T>, n: Int, d: Int,
+                              count: Int, into dxHat: UnsafeMutablePointer<T>) {
+        forEachChunk(d) { k0, width in
+            T.gemm(transposeA: false, transposeB: false, m: n, n: width, k: count, alpha: 1,
+                   a: dcos, lda: count, b: wHat + k0, ldb: d, beta: 1, c: dxHat + k0, ldc: d)
+        }
+    }
+
+    /// dW^_b (count x d) = dcos^T (count x n) x^ (n x d); split over classes.
+    func weights(dcos: UnsafePointer<T>, xHat: UnsafePointer<T>, n: Int, d: Int, count: Int,
+                 into dwHat: UnsafeMutablePointer<T>) {
+        forEachChunk(count) { j0, width in
+            T.gemm(transposeA: true, transposeB: false, m: width, n: d, k: n, alpha: 1,
+                   a: dcos + j0, lda: count, b: xHat, ldb: d, beta: 0, c: dwHat + j0 * d, ldc: d)
+        }
+    }
+
+    /// body(start, width) for the chunks of [0, total), on up to `threads` workers.
+    private func forEachChunk(_ total: Int, _ body: (Int, Int) -> Void) {
+        let chunks = (total + Self.chunk - 1) / Self.chunk
+        RowParallel.forEachItem(count: chunks, threads: threads) { index in
+            let start = index * Self.chunk
+            body(start, Swift.min(Self.chunk, total - start))
+        }
+    }
 }

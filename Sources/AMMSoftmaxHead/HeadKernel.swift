@@ -54,6 +54,20 @@ public enum HeadKernel {
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
         gradWeights: UnsafeMutablePointer<T>
     ) throws(LossError) {
+        try BLASThreads.singleThreaded { () throws(LossError) in
+            try compute(parameters: parameters, blockSize: requested, embeddings: embeddings,
+                        weights: weights, rows: n, dimension: d, classes: c, labels: labels,
+                        loss: loss, gradEmbeddings: gradEmbeddings, gradWeights: gradWeights)
+        }
+    }
+
+    static func compute<T: GEMMScalar>(
+        parameters: LossParameters, blockSize requested: Int,
+        embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
+        rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
+        loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
+        gradWeights: UnsafeMutablePointer<T>
+    ) throws(LossError) {
         guard T(parameters.scale).isFinite else {
             throw .parameter(
                 name: "scale", value: "\(parameters.scale)",
@@ -107,15 +121,14 @@ public enum HeadKernel {
         defer { cosines.deallocate(); wHat.deallocate(); wNorms.deallocate() }
         let threads = parameters.numThreads == 0 ? RowParallel.availableCores
                                                   : parameters.numThreads
-        BLASThreads.use(threads)
+        let products = ChunkedGEMM<T>(threads: threads)
 
         /// W^_b and cos_b = x^ W^_b^T for the block of `count` classes at `start`.
         func blockCosines(start: Int, count: Int) {
             _ = RowNormalization.normalize(weights! + start * d, count: count, dimension: d,
                                            into: wHat, norms: wNorms)
             guard n > 0 else { return }
-            T.gemm(transposeA: false, transposeB: true, m: n, n: count, k: d, alpha: 1,
-                   a: xHat, lda: d, b: wHat, ldb: d, beta: 0, c: cosines, ldc: count)
+            products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: cosines)
         }
 
         // First pass: the row statistics.
@@ -193,10 +206,11 @@ public enum HeadKernel {
                     return true
                 }
             }
-            T.gemm(transposeA: false, transposeB: false, m: n, n: d, k: count, alpha: 1,
-                   a: cosines, lda: count, b: wHat, ldb: d, beta: 1, c: gradEmbeddings!, ldc: d)
-            T.gemm(transposeA: true, transposeB: false, m: count, n: d, k: n, alpha: 1,
-                   a: cosines, lda: count, b: xHat, ldb: d, beta: 0, c: dWHat, ldc: d)
+            if let gradEmbeddings {
+                products.accumulateEmbeddings(dcos: cosines, wHat: wHat, n: n, d: d,
+                                              count: count, into: gradEmbeddings)
+            }
+            products.weights(dcos: cosines, xHat: xHat, n: n, d: d, count: count, into: dWHat)
             RowNormalization.backward(normalized: wHat, norms: wNorms, count: count,
                                       dimension: d, gradient: dWHat)
         }
