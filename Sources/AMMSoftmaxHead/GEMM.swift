@@ -61,16 +61,18 @@ enum BLASThreads {
 /// and spread over the workers: every output element is computed by the same single-threaded
 /// call whatever the thread count, so the results are bitwise the same for every count.
 struct ChunkedGEMM<T: GEMMScalar> {
-    /// Classes (or embedding columns) per chunk: large enough for OpenBLAS to run near its
-    /// single-thread peak, small enough to give two workers several chunks per block.
-    static var chunk: Int { 256 }
+    /// Classes per chunk, and embedding columns per chunk: large enough for OpenBLAS to run
+    /// near its single-thread peak, small enough to give the workers several chunks (D = 512
+    /// makes 4 column chunks). Fixed numbers, never derived from the thread count.
+    static var classChunk: Int { 256 }
+    static var columnChunk: Int { 128 }
 
     let threads: Int
 
     /// cos (n x count, row stride count) = x^ (n x d) W^_b^T, W^_b count x d; split over classes.
     func cosines(xHat: UnsafePointer<T>, wHat: UnsafePointer<T>, n: Int, d: Int, count: Int,
                  into cos: UnsafeMutablePointer<T>) {
-        forEachChunk(count) { j0, width in
+        forEachChunk(count, of: Self.classChunk) { j0, width in
             T.gemm(transposeA: false, transposeB: true, m: n, n: width, k: d, alpha: 1,
                    a: xHat, lda: d, b: wHat + j0 * d, ldb: d, beta: 0, c: cos + j0, ldc: count)
         }
@@ -79,7 +81,7 @@ struct ChunkedGEMM<T: GEMMScalar> {
     /// dx^ (n x d) += dcos (n x count) W^_b (count x d); split over embedding columns.
     func accumulateEmbeddings(dcos: UnsafePointer<T>, wHat: UnsafePointer<T>, n: Int, d: Int,
                               count: Int, into dxHat: UnsafeMutablePointer<T>) {
-        forEachChunk(d) { k0, width in
+        forEachChunk(d, of: Self.columnChunk) { k0, width in
             T.gemm(transposeA: false, transposeB: false, m: n, n: width, k: count, alpha: 1,
                    a: dcos, lda: count, b: wHat + k0, ldb: d, beta: 1, c: dxHat + k0, ldc: d)
         }
@@ -88,18 +90,18 @@ struct ChunkedGEMM<T: GEMMScalar> {
     /// dW^_b (count x d) = dcos^T (count x n) x^ (n x d); split over classes.
     func weights(dcos: UnsafePointer<T>, xHat: UnsafePointer<T>, n: Int, d: Int, count: Int,
                  into dwHat: UnsafeMutablePointer<T>) {
-        forEachChunk(count) { j0, width in
+        forEachChunk(count, of: Self.classChunk) { j0, width in
             T.gemm(transposeA: true, transposeB: false, m: width, n: d, k: n, alpha: 1,
                    a: dcos + j0, lda: count, b: xHat, ldb: d, beta: 0, c: dwHat + j0 * d, ldc: d)
         }
     }
 
     /// body(start, width) for the chunks of [0, total), on up to `threads` workers.
-    private func forEachChunk(_ total: Int, _ body: (Int, Int) -> Void) {
-        let chunks = (total + Self.chunk - 1) / Self.chunk
+    private func forEachChunk(_ total: Int, of chunk: Int, _ body: (Int, Int) -> Void) {
+        let chunks = (total + chunk - 1) / chunk
         RowParallel.forEachItem(count: chunks, threads: threads) { index in
-            let start = index * Self.chunk
-            body(start, Swift.min(Self.chunk, total - start))
+            let start = index * chunk
+            body(start, Swift.min(chunk, total - start))
         }
     }
 }
