@@ -37,11 +37,7 @@ public enum LossKernels {
         parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
         labels: UnsafePointer<Int64>?, outputs: Outputs<T>
     ) throws(LossError) {
-        guard T(parameters.scale).isFinite else {
-            throw .parameter(
-                name: "scale", value: "\(parameters.scale)",
-                requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
-        }
+        try parameters.validateScale(for: T.self)
         let reduction = parameters.reduction
         let ignore = parameters.ignoreIndex
         var counted = 0

@@ -43,7 +43,7 @@ public enum HeadKernel {
     ///   and every dimension within 32-bit BLAS indices) and labels are valid; pointers are
     ///   valid for their sizes (nil only for zero elements).
     /// - Throws: `.parameter` for a scale not finite in T; `.nonFiniteInput` for the first NaN
-    ///   or infinity in the embeddings of a row that is not ignored, or in the weights;
+    ///   or infinity in the embeddings of a row that is not ignored, then in the weights;
     ///   `.overflow` for the lowest row whose logits overflow T.
     @_specialize(where T == Float)
     @_specialize(where T == Double)
@@ -68,22 +68,13 @@ public enum HeadKernel {
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
         gradWeights: UnsafeMutablePointer<T>
     ) throws(LossError) {
-        guard T(parameters.scale).isFinite else {
-            throw .parameter(
-                name: "scale", value: "\(parameters.scale)",
-                requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
-        }
+        try parameters.validateScale(for: T.self)
         let ignore = parameters.ignoreIndex
         let kept = (0..<n).map { labels![$0] != ignore }
         let counted = kept.filter { $0 }.count
         let reduction = parameters.reduction
         // The factor of every row's gradient: 1/count for mean (upstream 1).
         let rowFactor = reduction == .mean ? (counted > 0 ? 1 / Double(counted) : 0) : 1
-        if let bad = firstNonFinite(weights!, count: c * d) {
-            throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
-                                  value: Double(weights![bad]))
-        }
-
         let xHat = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * d, 1))
         let xNorms = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(n, 1))
         defer { xHat.deallocate(); xNorms.deallocate() }
@@ -92,6 +83,11 @@ public enum HeadKernel {
                                                 skip: { !kept[$0] }) {
             throw .nonFiniteInput(name: "embeddings", row: bad.row, column: bad.column,
                                   value: bad.value)
+        }
+        // The weights are checked whole before any is used (the target cosines read them first).
+        if let bad = firstNonFinite(weights!, count: c * d) {
+            throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
+                                  value: Double(weights![bad]))
         }
 
         // Each row's target logit, mining threshold and running log-sum-exp.
@@ -103,8 +99,7 @@ public enum HeadKernel {
             let w = weights! + y * d
             let inverse = 1 / Swift.max(RowNormalization.norm(w, dimension: d)!,
                                         RowNormalization.floor)
-            var dot = 0.0
-            for k in 0..<d { dot += Double(xHat[i * d + k]) * Double(w[k]) }
+            let dot = RowNormalization.dot(xHat + i * d, w, count: d)
             let target = TargetLogit(cosine: dot * inverse, kind: parameters.target,
                                      margin: parameters.margin)
             targets[i] = target

@@ -35,6 +35,15 @@ public struct LossParameters: Sendable, Equatable {
         self.numThreads = numThreads
     }
 
+    /// Checks that the scale is finite in the element type T (a Double scale beyond Float's
+    /// range would make every Float logit infinite).
+    public func validateScale<T: LossScalar>(for _: T.Type) throws(LossError) {
+        guard T(scale).isFinite else {
+            throw .parameter(name: "scale", value: "\(scale)",
+                             requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
+        }
+    }
+
     /// Checks every parameter against its domain; throws naming the first one that is out of it.
     public func validate() throws(LossError) {
         guard scale.isFinite, scale > 0 else {

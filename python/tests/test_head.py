@@ -823,3 +823,13 @@ def test_finite_differences(target, hard, reduction):
                         (err / (np.abs(grad) + 1)).max(), f"{which} {params}")
         assert np.all(err <= FD_TOL * (np.abs(grad) + 1)), (
             f"{which}: finite differences {fd} vs gradient {grad}")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_embeddings_are_checked_before_weights(module):
+    """With NaN in both, every module names the embeddings first (the header's order)."""
+    x, w, labels = error_problem(np.float64)
+    x[4, 1] = np.nan
+    w[0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"embeddings\[4, 1\] = nan"):
+        head(module, x, w, labels)
