@@ -41,16 +41,7 @@ package enum RowParallel {
                 block += workers
             }
         }
-        if workers == 1 {
-            work(0)
-            return
-        }
-        // concurrentPerform wants a @Sendable closure; `body` writes only to the rows and the
-        // worker slot it is given, which no two workers share, so handing it over is safe.
-        withoutActuallyEscaping(work) { work in
-            let shared = UncheckedSendable(work)
-            DispatchQueue.concurrentPerform(iterations: workers) { shared.value($0) }
-        }
+        run(workers: workers, work)
     }
 
     /// The elements one worker should have at least: waking a thread costs about as much as
@@ -66,11 +57,18 @@ package enum RowParallel {
         func work(_ worker: Int) {
             for item in stride(from: worker, to: count, by: workers) { body(item) }
         }
+        run(workers: workers, work)
+    }
+
+    /// work(0..<workers) on that many threads (the calling one when there is one worker).
+    private static func run(workers: Int, _ work: (Int) -> Void) {
         if workers == 1 {
             work(0)
             return
         }
-        // As in forEachRow: each item writes only its own part of the output.
+        // concurrentPerform wants a @Sendable closure; the callers' bodies write only to the
+        // rows, items and worker slots they are given, which no two workers share, so handing
+        // them over is safe.
         withoutActuallyEscaping(work) { work in
             let shared = UncheckedSendable(work)
             DispatchQueue.concurrentPerform(iterations: workers) { shared.value($0) }

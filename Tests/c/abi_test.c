@@ -199,25 +199,32 @@ static int run(int fn, const args_t *a, int line)
     return status;
 }
 
-/* Calls fn and checks its status; for an error, also that amm_last_error() is not empty, names
-   `word` (as an identifier, if given) and contains `text` (case-insensitively, if given). */
-static void expect(int line, int fn, const args_t *a, int want, const char *word,
-                   const char *text)
+/* Checks the status `name` returned; for an error, also that amm_last_error() is not empty,
+   names `word` (as an identifier, if given) and contains `text` (case-insensitively, if
+   given). */
+static void expect_status(int line, const char *name, int status, int want, const char *word,
+                          const char *text)
 {
-    int status = run(fn, a, line);
     const char *msg = amm_last_error();
     check(status == want, line, "%s returned %s (%d), expected %s; amm_last_error(): \"%s\"",
-          fn_name[fn], amm_status_name(status), status, amm_status_name(want), msg);
+          name, amm_status_name(status), status, amm_status_name(want), msg);
     if (want == AMM_OK || status != want)
         return;
-    check(msg != NULL && msg[0] != '\0', line, "%s: %s with an empty message", fn_name[fn],
+    check(msg != NULL && msg[0] != '\0', line, "%s: %s with an empty message", name,
           amm_status_name(status));
     if (word)
         check(has_word(msg, word), line, "%s: the %s message should name '%s': \"%s\"",
-              fn_name[fn], amm_status_name(status), word, msg);
+              name, amm_status_name(status), word, msg);
     if (text)
         check(has_text_ci(msg, text), line, "%s: the %s message should contain '%s': \"%s\"",
-              fn_name[fn], amm_status_name(status), text, msg);
+              name, amm_status_name(status), text, msg);
+}
+
+/* Calls fn and checks its status and message (expect_status). */
+static void expect(int line, int fn, const args_t *a, int want, const char *word,
+                   const char *text)
+{
+    expect_status(line, fn_name[fn], run(fn, a, line), want, word, text);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1443,24 +1450,11 @@ static int head_run(int d64, const head_args *a, int line)
     return status;
 }
 
-/* Calls the head and checks its status; for an error, also the message (as expect()). */
+/* Calls the head and checks its status and message (expect_status). */
 static void head_expect(int line, int d64, const head_args *a, int want, const char *word,
                         const char *text)
 {
-    int status = head_run(d64, a, line);
-    const char *msg = amm_last_error();
-    check(status == want, line, "%s returned %s (%d), expected %s; amm_last_error(): \"%s\"",
-          head_name[d64], amm_status_name(status), status, amm_status_name(want), msg);
-    if (want == AMM_OK || status != want)
-        return;
-    check(msg != NULL && msg[0] != '\0', line, "%s: %s with an empty message", head_name[d64],
-          amm_status_name(status));
-    if (word)
-        check(has_word(msg, word), line, "%s: the %s message should name '%s': \"%s\"",
-              head_name[d64], amm_status_name(status), word, msg);
-    if (text)
-        check(has_text_ci(msg, text), line, "%s: the %s message should contain '%s': \"%s\"",
-              head_name[d64], amm_status_name(status), text, msg);
+    expect_status(line, head_name[d64], head_run(d64, a, line), want, word, text);
 }
 
 /* A head problem in both precisions, with its output buffers (one spare value past each, for
