@@ -13,7 +13,7 @@ public func ammParamsInit(_ p: UnsafeMutablePointer<amm_params>?) {
 
 @_cdecl("amm_version")
 public func ammVersion() -> UnsafePointer<CChar> {
-    UnsafeRawPointer(libraryVersion.utf8Start).assumingMemoryBound(to: CChar.self)
+    libraryVersion
 }
 
 @_cdecl("amm_status_name")

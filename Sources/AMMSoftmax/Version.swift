@@ -1,7 +1,14 @@
 import AMMSoftmaxCore
 
-/// The library version, "MAJOR.MINOR.PATCH"; the header's AMM_VERSION_* name the same.
-let libraryVersion: StaticString = "0.2.0"
+#if canImport(Glibc)
+import Glibc
+#endif
+import CAMMSoftmax
+
+/// The library version, "MAJOR.MINOR.PATCH", from the header's AMM_VERSION_* macros (the one
+/// source of the version: Python's package metadata reads them too). Made once, never freed.
+nonisolated(unsafe) let libraryVersion: UnsafePointer<CChar> = UnsafePointer(
+    strdup("\(AMM_VERSION_MAJOR).\(AMM_VERSION_MINOR).\(AMM_VERSION_PATCH)")!)
 
 /// The kernel build in use, as a static C string for `amm_kernel_build()`.
 enum KernelBuildName {

@@ -31,6 +31,20 @@ from . import reference
 from ._api import (backward, forward, forward_backward, head_forward_backward, kernel_build,
                    library_version)
 
-__version__ = "0.2.0"
+def _version() -> str:
+    """The version: written by the build of an installed package, else (a checkout) read from
+    the C header, its one source."""
+    try:
+        from ._version import __version__ as installed
+        return installed
+    except ImportError:
+        import re
+        from pathlib import Path
+        header = (Path(__file__).resolve().parents[2] / "include" / "amm_softmax.h").read_text()
+        return ".".join(re.search(rf"#define AMM_VERSION_{part} (\d+)", header).group(1)
+                        for part in ("MAJOR", "MINOR", "PATCH"))
+
+
+__version__ = _version()
 __all__ = ["forward", "backward", "forward_backward", "head_forward_backward", "reference",
            "library_version", "kernel_build", "__version__"]
