@@ -8,6 +8,7 @@ over the matrix. A non-zero status becomes an exception carrying amm_last_error(
 from __future__ import annotations
 
 import ctypes
+from typing import Union
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from ._params import (Params, check_block_size, check_cos, check_grad_output, ch
                       check_labels, check_params)
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+#: A loss: a float for reduction "mean" and "sum", an (N,) array for "none".
+Loss = Union[float, np.ndarray]
 
 
 def _abi_params(p: Params, head_block_size: int = 0) -> L.AmmParams:
@@ -58,7 +62,7 @@ def _loss_value(p: Params, loss: np.ndarray):
     return loss if p.reduction == "none" else float(loss[0])
 
 
-def forward(cos, labels, **params):
+def forward(cos: np.ndarray, labels: np.ndarray, **params) -> Loss:
     """The loss of `cos` (N, C) for `labels` (N,): a float for mean/sum, an ndarray (N,) typed
     like cos for reduction='none'. See help(amm_softmax) for the parameters."""
     p, cos, labels = _prepare(cos, labels, params)
@@ -90,7 +94,8 @@ def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out
     return out
 
 
-def backward(cos, labels, grad_output=1.0, *, out=None, **params):
+def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
+             out: np.ndarray | None = None, **params) -> np.ndarray:
     """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
     shaped and typed like cos. `out`, if given, is a C-contiguous array of that shape and dtype
     that receives the gradient (and is returned): reusing it between steps saves allocating and
@@ -112,7 +117,8 @@ def backward(cos, labels, grad_output=1.0, *, out=None, **params):
     return grad
 
 
-def forward_backward(cos, labels, *, out=None, **params):
+def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | None = None,
+                     **params) -> tuple[Loss, np.ndarray]:
     """(loss, grad_cos) in one pass over the data, as forward and backward with
     grad_output = 1. `out` as for backward."""
     p, cos, labels = _prepare(cos, labels, params)
@@ -129,7 +135,10 @@ def _dense(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None, **params):
+def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray, *,
+                          block_size: int = 0,
+                          out: tuple[np.ndarray, np.ndarray] | None = None,
+                          **params) -> tuple[Loss, np.ndarray, np.ndarray]:
     """The fused head: (loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T, without the (N, C) matrix.
 
