@@ -45,12 +45,4 @@ struct HeadCall<T: GEMMScalar> {
                 gradWeights: gradWeights!)
         } catch { throw ABIError(error) }
     }
-
-    /// A pointer may be NULL only when it addresses zero elements.
-    private func require(_ pointer: UnsafeRawPointer?, _ name: String, elements: Int)
-        throws(ABIError)
-    {
-        guard pointer == nil, elements > 0 else { return }
-        throw ABIError(AMM_ERR_NULL_POINTER, "\(name) is NULL but must hold \(elements) values")
-    }
 }

@@ -47,12 +47,4 @@ struct LossCall<T: LossScalar> {
                                upstream: mode == .backward ? gradLoss : nil))
         } catch { throw ABIError(error) }
     }
-
-    /// A pointer may be NULL only when it addresses zero elements.
-    private func require(_ pointer: UnsafeRawPointer?, _ name: String, elements: Int)
-        throws(ABIError)
-    {
-        guard pointer == nil, elements > 0 else { return }
-        throw ABIError(AMM_ERR_NULL_POINTER, "\(name) is NULL but must hold \(elements) values")
-    }
 }

@@ -28,6 +28,12 @@ struct ABIError: Error {
     }
 }
 
+/// Checks a pointer argument: it may be NULL only when it addresses zero elements.
+func require(_ pointer: UnsafeRawPointer?, _ name: String, elements: Int) throws(ABIError) {
+    guard pointer == nil, elements > 0 else { return }
+    throw ABIError(AMM_ERR_NULL_POINTER, "\(name) is NULL but must hold \(elements) values")
+}
+
 /// Runs an ABI call: returns AMM_OK, or records the message of a refused call for this thread
 /// and returns its status. The only place a status code is made.
 @inline(__always)
