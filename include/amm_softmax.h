@@ -134,6 +134,11 @@ typedef struct amm_params {
     /* Since 0.2: */
     int64_t  head_block_size; /* classes per block of amm_head_forward_backward_*; 0 (default)
                                  picks the documented rule (see there). Must be >= 0.          */
+    int64_t *hard_negatives;  /* optional output, NULL by default: when not NULL, every
+                                 computing function writes here, for each of the n rows, the
+                                 number of negatives mined as hard (cos[i, j] > f(c_y), j != y;
+                                 0 for ignored rows). The caller owns the n values; a NULL
+                                 pointer skips the count (which costs a pass over each row).   */
 } amm_params;
 
 /* Fills *p with the defaults of FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,

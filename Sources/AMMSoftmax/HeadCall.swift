@@ -42,7 +42,7 @@ struct HeadCall<T: GEMMScalar> {
                 parameters: parameters, blockSize: blockSize, embeddings: embeddings,
                 weights: weights, rows: rows, dimension: dimension, classes: classes,
                 labels: labels, loss: loss, gradEmbeddings: gradEmbeddings,
-                gradWeights: gradWeights!)
+                gradWeights: gradWeights!, hardNegatives: hardNegativeCounts(params!))
         } catch { throw ABIError(error) }
     }
 }

@@ -28,6 +28,7 @@ struct LossCall<T: LossScalar> {
         if mode != .backward { try require(loss, "loss", elements: perRowCount) }
         if mode == .backward { try require(gradLoss, "grad_loss", elements: perRowCount) }
         if mode != .forward { try require(gradCos, "grad_cos", elements: rows * columns) }
+        let counts = hardNegativeCounts(params!)
 
         do {
             try validateLabels(UnsafeBufferPointer(start: labels, count: rows),
@@ -44,7 +45,8 @@ struct LossCall<T: LossScalar> {
                 parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
                 outputs: .init(loss: mode == .backward ? nil : loss,
                                gradient: mode == .forward ? nil : gradCos,
-                               upstream: mode == .backward ? gradLoss : nil))
+                               upstream: mode == .backward ? gradLoss : nil,
+                               hardNegatives: counts))
         } catch { throw ABIError(error) }
     }
 }

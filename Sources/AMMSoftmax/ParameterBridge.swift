@@ -19,7 +19,8 @@ extension LossParameters {
             struct_size: UInt32(MemoryLayout<amm_params>.size), scale: d.scale,
             margin: d.margin, hard_margin: d.hardMargin, target: d.target.rawValue,
             hard: d.hard.rawValue, reduction: d.reduction.rawValue,
-            num_threads: Int32(d.numThreads), ignore_index: d.ignoreIndex, head_block_size: 0)
+            num_threads: Int32(d.numThreads), ignore_index: d.ignoreIndex, head_block_size: 0,
+            hard_negatives: nil)
     }
 
     /// The caller's amm_params, read only as far as its struct_size reaches; later fields
@@ -73,4 +74,11 @@ func headBlockSize(_ p: UnsafePointer<amm_params>) throws(ABIError) -> Int {
             + ">= 0 (0 = automatic)")
     }
     return Int(value)
+}
+
+/// The optional per-row output of hard-negative counts (NULL unless the caller's struct_size
+/// covers the field and the caller set it).
+func hardNegativeCounts(_ p: UnsafePointer<amm_params>) -> UnsafeMutablePointer<Int64>? {
+    let size = Int(p.withMemoryRebound(to: UInt32.self, capacity: 1) { $0.pointee })
+    return LossParameters.read(p, size: size).hard_negatives
 }

@@ -30,9 +30,9 @@ public enum KernelDispatch {
     public static var buildName: String { selected.build.rawValue }
 
     static let portable = RowKernelTable(
-        statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6) },
+        statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
         gradientF32: { RowKernelTable.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
-        statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6) },
+        statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
         gradientF64: { RowKernelTable.gradient(Double.self, $0, $1, $2, $3, $4, $5) })
 
     private static func select() -> (Build, RowKernelTable) {

@@ -14,12 +14,17 @@ public enum LossKernels {
         public var gradient: UnsafeMutablePointer<T>?
         /// The upstream gradient: 1 value (mean, sum) or N values (none); nil means 1.
         public var upstream: UnsafePointer<T>?
+        /// N counts of the negatives mined as hard in each row (0 for ignored rows); nil to
+        /// skip counting.
+        public var hardNegatives: UnsafeMutablePointer<Int64>?
 
         public init(loss: UnsafeMutablePointer<T>? = nil, gradient: UnsafeMutablePointer<T>? = nil,
-                    upstream: UnsafePointer<T>? = nil) {
+                    upstream: UnsafePointer<T>? = nil,
+                    hardNegatives: UnsafeMutablePointer<Int64>? = nil) {
             self.loss = loss
             self.gradient = gradient
             self.upstream = upstream
+            self.hardNegatives = hardNegatives
         }
     }
 
@@ -80,6 +85,7 @@ public enum LossKernels {
             let gradientRow = outputs.gradient.map { $0 + i * columns }
             guard label != ignore else {
                 rowLosses[i] = 0
+                outputs.hardNegatives?[i] = 0
                 gradientRow?.update(repeating: 0, count: columns)
                 return true
             }
@@ -92,7 +98,7 @@ public enum LossKernels {
                     let statistics = slot.baseAddress!
                     let badColumn = withUnsafePointer(to: parameters) {
                         kernels.statistics(row, columns, y, $0, gradientRow, references,
-                                           statistics)
+                                           outputs.hardNegatives != nil, statistics)
                     }
                     guard badColumn < 0 else {
                         failures[worker] = (i, .nonFiniteCosine(
@@ -100,6 +106,7 @@ public enum LossKernels {
                         return false
                     }
                     rowLosses[i] = statistics.pointee.loss
+                    outputs.hardNegatives?[i] = Int64(statistics.pointee.hardNegatives)
                     if overflowed(statistics.pointee, row: i, worker: worker) { return false }
                     if let gradientRow, let references {
                         let upstream = reduction == .none

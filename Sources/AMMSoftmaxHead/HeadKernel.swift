@@ -37,7 +37,8 @@ public enum HeadKernel {
         return Swift.max(1, Swift.min(c, 8192, fitting))
     }
 
-    /// Computes the loss and both gradients.
+    /// Computes the loss and both gradients (and, if `hardNegatives` is given, each row's
+    /// number of negatives mined as hard; 0 for ignored rows).
     ///
     /// - Precondition: parameters, shape (N >= 0, D >= 1, C >= 1, every product representable
     ///   and every dimension within 32-bit BLAS indices) and labels are valid; pointers are
@@ -52,12 +53,13 @@ public enum HeadKernel {
         embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
         rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
-        gradWeights: UnsafeMutablePointer<T>
+        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil
     ) throws(LossError) {
         try BLASThreads.singleThreaded { () throws(LossError) in
             try compute(parameters: parameters, blockSize: requested, embeddings: embeddings,
                         weights: weights, rows: n, dimension: d, classes: c, labels: labels,
-                        loss: loss, gradEmbeddings: gradEmbeddings, gradWeights: gradWeights)
+                        loss: loss, gradEmbeddings: gradEmbeddings, gradWeights: gradWeights,
+                        hardNegatives: hardNegatives)
         }
     }
 
@@ -66,7 +68,7 @@ public enum HeadKernel {
         embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
         rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
-        gradWeights: UnsafeMutablePointer<T>
+        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>?
     ) throws(LossError) {
         try parameters.validateScale(for: T.self)
         let ignore = parameters.ignoreIndex
@@ -106,7 +108,7 @@ public enum HeadKernel {
             return RowAccumulator(
                 negatives: NegativeLogit<T>(kind: parameters.hard,
                                             hardMargin: parameters.hardMargin, target: target),
-                scale: scale)
+                scale: scale, countsHardNegatives: hardNegatives != nil)
         }
 
         let b = blockSize(T.self, rows: n, dimension: d, classes: c, requested: requested)
@@ -155,6 +157,7 @@ public enum HeadKernel {
         statistics.reserveCapacity(n)
         var losses = [Double](repeating: 0, count: n)
         for i in 0..<n {
+            hardNegatives?[i] = Int64(accumulators[i]?.hardNegatives ?? 0)
             guard let accumulator = accumulators[i], let target = targets[i] else {
                 statistics.append(nil)
                 continue

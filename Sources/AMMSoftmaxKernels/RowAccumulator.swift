@@ -24,11 +24,19 @@ public struct RowAccumulator<T: LossScalar> {
     @usableFromInline var _sum = 0.0
     @usableFromInline var _poison = T.Vector()  // sums c - c: NaN once a c is NaN or infinite
 
+    /// Whether `add` counts the hard negatives (only when asked: it costs a pass over the block).
+    public let countsHardNegatives: Bool
+    /// The number of negatives mined as hard so far (with `countsHardNegatives`).
+    public var hardNegatives: Int { _hard }
+
     @inlinable
-    public init(negatives: NegativeLogit<T>, scale: T) {
+    public init(negatives: NegativeLogit<T>, scale: T, countsHardNegatives: Bool = false) {
         self.negatives = negatives
         self.scale = scale
+        self.countsHardNegatives = countsHardNegatives
     }
+
+    @usableFromInline var _hard = 0
 
     @inlinable @inline(__always)
     static var width: Int { T.Vector.scalarCount }
@@ -49,6 +57,13 @@ public struct RowAccumulator<T: LossScalar> {
     ) -> T {
         typealias K = RowKernel<T>
         let width = Self.width
+        if countsHardNegatives {
+            // An integer count, which the compiler vectorises; the target is not a negative.
+            let threshold = negatives.threshold
+            var hard = 0
+            for j in 0..<count where cosines[j] > threshold && j != target { hard += 1 }
+            _hard += hard
+        }
         // 1. The block's logits (and slopes), and their maximum.
         var blockMax = T.Vector(repeating: -T.infinity)
         var tail = T.Vector(repeating: -T.infinity)

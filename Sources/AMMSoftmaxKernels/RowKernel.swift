@@ -64,11 +64,14 @@ public enum RowKernel<T: LossScalar> {
     ///     (and 0 at the target), ready for `writeGradient`.
     ///   - blockReferences: with `weightedExponentials`, room for `blockCount(columns:)` values:
     ///     each block's r.
+    ///   - countHardNegatives: whether to count the negatives mined as hard (statistics'
+    ///     `hardNegatives`).
     /// - Returns: the row's statistics, or the first non-finite column.
     @inlinable
     public static func statistics(
         _ row: UnsafePointer<T>, columns: Int, label y: Int, parameters: LossParameters,
-        weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?
+        weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?,
+        countHardNegatives: Bool = false
     ) -> Result<RowStatistics<T>, NonFiniteValue> {
         let cy = row[y]
         guard cy.isFinite else { return .failure(firstNonFinite(row, columns: columns)) }
@@ -76,7 +79,8 @@ public enum RowKernel<T: LossScalar> {
                                  margin: parameters.margin)
         let negatives = NegativeLogit<T>(kind: parameters.hard,
                                          hardMargin: parameters.hardMargin, target: target)
-        var accumulator = RowAccumulator(negatives: negatives, scale: T(parameters.scale))
+        var accumulator = RowAccumulator(negatives: negatives, scale: T(parameters.scale),
+                                         countsHardNegatives: countHardNegatives)
         // scratch: one block for the logits (loss alone) or for dg/dc (with a gradient).
         withUnsafeTemporaryAllocation(of: T.self, capacity: blockSize) { scratch in
             let scratch = scratch.baseAddress!
@@ -94,10 +98,12 @@ public enum RowKernel<T: LossScalar> {
             }
         }
         guard accumulator.allFinite else { return .failure(firstNonFinite(row, columns: columns)) }
-        return .success(RowStatistics(target: target, negatives: negatives,
-                                      scale: parameters.scale,
-                                      negativeMaximum: accumulator.reference,
-                                      negativeSum: accumulator.sum))
+        var statistics = RowStatistics(target: target, negatives: negatives,
+                                       scale: parameters.scale,
+                                       negativeMaximum: accumulator.reference,
+                                       negativeSum: accumulator.sum)
+        statistics.hardNegatives = accumulator.hardNegatives
+        return .success(statistics)
     }
 
     /// The gradient of one segment of a row whose statistics are complete, computed from the
@@ -190,6 +196,8 @@ public struct RowStatistics<T: LossScalar> {
     /// sum over j != y of exp(z_j - maximum), and exp(z_y - maximum).
     public let negativeSum: Double
     public let targetExp: Double
+    /// The number of negatives mined as hard, when the pass was asked to count them (else 0).
+    public var hardNegatives = 0
 
     /// The statistics of a row from its target, the largest negative logit and the sum of
     /// exp(z_j - negativeMaximum) over the negatives (as a RowAccumulator leaves them).

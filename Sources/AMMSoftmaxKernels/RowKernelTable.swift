@@ -14,10 +14,10 @@ import AMMSoftmaxMath
 /// layouts agree.
 public struct RowKernelTable: @unchecked Sendable {  // four immutable C function pointers
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
-    /// statistics out) -> -1, or the lowest non-finite column.
+    /// whether to count hard negatives, statistics out) -> -1, or the lowest non-finite column.
     public typealias Statistics = @convention(c) (
         UnsafeRawPointer, Int, Int, UnsafeRawPointer, UnsafeMutableRawPointer?,
-        UnsafeMutableRawPointer?, UnsafeMutableRawPointer
+        UnsafeMutableRawPointer?, Bool, UnsafeMutableRawPointer
     ) -> Int
     /// (columns, label, statistics, block references, upstream, gradient row).
     public typealias Gradient = @convention(c) (
@@ -43,13 +43,15 @@ public struct RowKernelTable: @unchecked Sendable {  // four immutable C functio
     public static func statistics<T: LossScalar>(
         _: T.Type, _ row: UnsafeRawPointer, _ columns: Int, _ label: Int,
         _ parameters: UnsafeRawPointer, _ weighted: UnsafeMutableRawPointer?,
-        _ references: UnsafeMutableRawPointer?, _ result: UnsafeMutableRawPointer
+        _ references: UnsafeMutableRawPointer?, _ countHard: Bool,
+        _ result: UnsafeMutableRawPointer
     ) -> Int {
         let outcome = RowKernel<T>.statistics(
             row.assumingMemoryBound(to: T.self), columns: columns, label: label,
             parameters: parameters.load(as: LossParameters.self),
             weightedExponentials: weighted?.assumingMemoryBound(to: T.self),
-            blockReferences: references?.assumingMemoryBound(to: T.self))
+            blockReferences: references?.assumingMemoryBound(to: T.self),
+            countHardNegatives: countHard)
         switch outcome {
         case .success(let st):
             result.initializeMemory(as: RowStatistics<T>.self, to: st)

@@ -414,8 +414,9 @@ static void test_layout_and_constants(void)
     CHECK(AMM_REDUCTION_MEAN == 0 && AMM_REDUCTION_SUM == 1 && AMM_REDUCTION_NONE == 2,
           "reduction codes");
     /* Version 0.1's struct ends at ignore_index (56 bytes); 0.2 appends head_block_size. */
-    CHECK(sizeof(amm_params) == 64, "sizeof(amm_params) = %zu, version 0.2 has 64",
+    CHECK(sizeof(amm_params) == 72, "sizeof(amm_params) = %zu, version 0.2 has 72",
           sizeof(amm_params));
+    CHECK(offsetof(amm_params, hard_negatives) == 64, "hard_negatives follows head_block_size");
     CHECK(offsetof(amm_params, head_block_size) == 56, "head_block_size follows ignore_index");
     CHECK(offsetof(amm_params, struct_size) == 0, "struct_size is the first field");
     CHECK(offsetof(amm_params, scale) == 8 && offsetof(amm_params, margin) == 16 &&

@@ -22,7 +22,25 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 Loss = Union[float, np.ndarray]
 
 
-def _abi_params(p: Params, head_block_size: int = 0) -> L.AmmParams:
+def _counts_out(hard_negatives, rows: int) -> np.ndarray | None:
+    """`hard_negatives` checked as the destination of the per-row counts of hard negatives."""
+    if hard_negatives is None:
+        return None
+    if not isinstance(hard_negatives, np.ndarray):
+        raise TypeError(f"hard_negatives must be a numpy.ndarray of int64, "
+                        f"got {type(hard_negatives).__name__}")
+    if hard_negatives.dtype != np.int64:
+        raise TypeError(f"hard_negatives must have dtype int64, got {hard_negatives.dtype}")
+    if hard_negatives.shape != (rows,):
+        raise ValueError(f"hard_negatives must have shape ({rows},), "
+                         f"got {hard_negatives.shape}")
+    if not (hard_negatives.flags.c_contiguous and hard_negatives.flags.writeable):
+        raise ValueError("hard_negatives must be a writeable, C-contiguous array")
+    return hard_negatives
+
+
+def _abi_params(p: Params, head_block_size: int = 0,
+                hard_negatives: np.ndarray | None = None) -> L.AmmParams:
     s = L.AmmParams()
     s.struct_size = ctypes.sizeof(L.AmmParams)
     s.scale, s.margin, s.hard_margin = p.scale, p.margin, p.hard_margin
@@ -32,6 +50,7 @@ def _abi_params(p: Params, head_block_size: int = 0) -> L.AmmParams:
     s.num_threads = p.num_threads
     s.ignore_index = p.ignore_index
     s.head_block_size = head_block_size
+    s.hard_negatives = None if hard_negatives is None else hard_negatives.ctypes.data
     return s
 
 
@@ -62,14 +81,21 @@ def _loss_value(p: Params, loss: np.ndarray):
     return loss if p.reduction == "none" else float(loss[0])
 
 
-def forward(cos: np.ndarray, labels: np.ndarray, **params) -> Loss:
+def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray | None = None,
+            **params) -> Loss:
     """The loss of `cos` (N, C) for `labels` (N,): a float for mean/sum, an ndarray (N,) typed
-    like cos for reduction='none'. See help(amm_softmax) for the parameters."""
+    like cos for reduction='none'. See help(amm_softmax) for the parameters.
+
+    `hard_negatives`, if given, an int64 array (N,) that receives each row's number of negatives
+    mined as hard (cos[i, j] > f(c_y), j != y; 0 for ignored rows); the same for every
+    function."""
     p, cos, labels = _prepare(cos, labels, params)
+    counts = _counts_out(hard_negatives, cos.shape[0])
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
-    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+    abi = _abi_params(p, 0, counts)
+    _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data))
     return _loss_value(p, loss)
 
@@ -95,7 +121,8 @@ def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out
 
 
 def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
-             out: np.ndarray | None = None, **params) -> np.ndarray:
+             out: np.ndarray | None = None, hard_negatives: np.ndarray | None = None,
+             **params) -> np.ndarray:
     """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
     shaped and typed like cos. `out`, if given, is a C-contiguous array of that shape and dtype
     that receives the gradient (and is returned): reusing it between steps saves allocating and
@@ -109,24 +136,29 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
                          f"{cos.dtype} (|value| <= {largest})")
     upstream = upstream.astype(cos.dtype)
     grad = _gradient_out(out, cos)
+    counts = _counts_out(hard_negatives, cos.shape[0])
     lib = L.load()
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
-    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+    abi = _abi_params(p, 0, counts)
+    _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
                           grad.ctypes.data))
     return grad
 
 
 def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | None = None,
+                     hard_negatives: np.ndarray | None = None,
                      **params) -> tuple[Loss, np.ndarray]:
     """(loss, grad_cos) in one pass over the data, as forward and backward with
     grad_output = 1. `out` as for backward."""
     p, cos, labels = _prepare(cos, labels, params)
     grad = _gradient_out(out, cos)
+    counts = _counts_out(hard_negatives, cos.shape[0])
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
-    _check_status(lib, fn(ctypes.byref(_abi_params(p)), cos.ctypes.data, cos.shape[0],
+    abi = _abi_params(p, 0, counts)
+    _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
     return _loss_value(p, loss), grad
 
@@ -138,6 +170,7 @@ def _dense(a: np.ndarray) -> np.ndarray:
 def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray, *,
                           block_size: int = 0,
                           out: tuple[np.ndarray, np.ndarray] | None = None,
+                          hard_negatives: np.ndarray | None = None,
                           **params) -> tuple[Loss, np.ndarray, np.ndarray]:
     """The fused head: (loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T, without the (N, C) matrix.
@@ -154,6 +187,7 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     c = weights.shape[0]
     labels = check_labels(labels, n, c, p.ignore_index)
     embeddings, weights = _dense(embeddings), _dense(weights)
+    counts = _counts_out(hard_negatives, n)
     lib = L.load()
     loss = _loss_out(p, embeddings)
     if out is None:
@@ -167,7 +201,8 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
                 np.shares_memory(out[0], out[1]):
             raise ValueError("out arrays must not overlap each other or the inputs")
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
-    _check_status(lib, fn(ctypes.byref(_abi_params(p, block_size)), embeddings.ctypes.data,
+    abi = _abi_params(p, block_size, counts)
+    _check_status(lib, fn(ctypes.byref(abi), embeddings.ctypes.data,
                           weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,
                           grad_embeddings.ctypes.data, grad_weights.ctypes.data))
     return _loss_value(p, loss), grad_embeddings, grad_weights

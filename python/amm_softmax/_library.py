@@ -43,6 +43,7 @@ class AmmParams(ctypes.Structure):
         ("num_threads", ctypes.c_int32),
         ("ignore_index", ctypes.c_int64),
         ("head_block_size", ctypes.c_int64),
+        ("hard_negatives", ctypes.c_void_p),
     ]
 
 

@@ -53,6 +53,28 @@ def _hard_negative_logit(c, p):
     return c, np.ones_like(c)  # "none"
 
 
+def _hard_negative_counts(cos, labels, p):
+    """Each row's number of negatives mined as hard: cos[i, j] > f(c_y), j != y."""
+    n = cos.shape[0]
+    f, _ = _target_logit(cos[np.arange(n), labels], p)
+    hard = cos > f[:, None]
+    hard[np.arange(n), labels] = False
+    return hard.sum(axis=1)
+
+
+def _write_counts(hard_negatives, cos, labels, kept, p):
+    """Fills the optional `hard_negatives` output (0 for ignored rows), as the library does."""
+    if hard_negatives is None:
+        return
+    if not isinstance(hard_negatives, np.ndarray) or hard_negatives.dtype != np.int64:
+        raise TypeError("hard_negatives must be a numpy.ndarray of int64")
+    if hard_negatives.shape != (kept.shape[0],):
+        raise ValueError(f"hard_negatives must have shape ({kept.shape[0]},), "
+                         f"got {hard_negatives.shape}")
+    hard_negatives[...] = 0
+    hard_negatives[kept] = _hard_negative_counts(cos, labels, p)
+
+
 def _logits(cos, labels, p):
     """z = s * (f at the target, g elsewhere) and dz/dcos / s, for the rows that are kept."""
     n, c = cos.shape
@@ -104,19 +126,21 @@ def _reduce(per_row_kept, kept, p):
     return total / per_row_kept.size if per_row_kept.size else 0.0
 
 
-def forward(cos, labels, **params):
+def forward(cos, labels, *, hard_negatives=None, **params):
     """The loss: a float for mean/sum, an ndarray (N,) typed like cos for none."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
+    _write_counts(hard_negatives, x, y, kept, p)
     z, _, is_target = _logits(x, y, p)
     loss = _reduce(_row_losses(z, is_target), kept, p)
     return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
 
 
-def backward(cos, labels, grad_output=1.0, *, out=None, **params):
+def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None, **params):
     """d loss / d cos times grad_output, an ndarray shaped and typed like cos (written into
     `out` as well when given, as the library does)."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
+    _write_counts(hard_negatives, x, y, kept, p)
     z, dlogit, is_target = _logits(x, y, p)
     prob = np.exp(z - z.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
@@ -135,9 +159,10 @@ def backward(cos, labels, grad_output=1.0, *, out=None, **params):
     return out
 
 
-def forward_backward(cos, labels, *, out=None, **params):
+def forward_backward(cos, labels, *, out=None, hard_negatives=None, **params):
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
-    return forward(cos, labels, **params), backward(cos, labels, 1.0, out=out, **params)
+    return (forward(cos, labels, hard_negatives=hard_negatives, **params),
+            backward(cos, labels, 1.0, out=out, **params))
 
 
 NORM_FLOOR = 1e-12
@@ -156,7 +181,8 @@ def _normalize_backward(v_hat, norms, grad_v_hat):
     return np.where((norms >= NORM_FLOOR)[:, None], projected, grad_v_hat / NORM_FLOOR)
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None, **params):
+def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None,
+                          hard_negatives=None, **params):
     """(loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
     and its backward, then back through the products and the normalisation. `block_size` is
@@ -177,7 +203,7 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None
     x_hat, x_norms = _normalize(x)
     w_hat, w_norms = _normalize(weights.astype(np.float64))
     cos = x_hat @ w_hat.T
-    loss = forward(cos, labels, **params)
+    loss = forward(cos, labels, hard_negatives=hard_negatives, **params)
     grad_cos = backward(cos, labels, 1.0, **params)
     grad_x = _normalize_backward(x_hat, x_norms, grad_cos @ w_hat)
     grad_w = _normalize_backward(w_hat, w_norms, grad_cos.T @ x_hat)
