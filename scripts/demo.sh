@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up, then compute the loss and gradient of one batch for every member of the
-# family with the library and with the NumPy reference, side by side.
+# The main job: set up, then train embeddings with each loss of the family (softmax, CosFace,
+# ArcFace, MV-Arc-Softmax, AMM-Softmax) on the embedded data sets and compare identification
+# and open-set verification (amm_softmax.train; outputs in out/train/). Arguments go to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 examples/python/batch_demo.py "$@"
+PYTHONPATH=python python3 -m amm_softmax.train "$@"
