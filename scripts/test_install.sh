@@ -52,6 +52,8 @@ run_quick() {  # $1: the environment's python
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install --quiet --disable-pip-version-check "$WORK/src"
 run_quick "$WORK/venv/bin/python"
+(cd "$WORK" && "$WORK/venv/bin/amm-softmax" train --help | grep -q -- "--quick")
+echo "install: the amm-softmax command answers"
 
 (cd "$WORK/src" && "$WORK/venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$WORK/wheels" .)
 python3 -m venv "$WORK/venv2"
