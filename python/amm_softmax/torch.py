@@ -67,10 +67,12 @@ class AMMSoftmaxHeadFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
-                params: dict, block_size: int) -> torch.Tensor:
+                params: dict, block_size: int,
+                hard_negatives: np.ndarray | None = None) -> torch.Tensor:
         loss, grad_x, grad_w = _api.head_forward_backward(
             _numpy(embeddings, "embeddings"), _numpy(weights, "weights"),
-            _numpy(labels, "labels"), block_size=block_size, **params)
+            _numpy(labels, "labels"), block_size=block_size, hard_negatives=hard_negatives,
+            **params)
         ctx.reduction = params.get("reduction", "mean")
         ctx.grads = torch.from_numpy(grad_x), torch.from_numpy(grad_w)
         return torch.as_tensor(loss, dtype=embeddings.dtype)
@@ -83,7 +85,7 @@ class AMMSoftmaxHeadFunction(torch.autograd.Function):
             raise RuntimeError("AMMSoftmaxHead with reduction='none' supports backward only "
                                "through loss.sum() or loss.mean(); use reduction='sum'/'mean'")
         return _scale(grad_x, grad_output, "sum"), _scale(grad_w, grad_output, "sum"), \
-            None, None, None
+            None, None, None, None
 
 
 class AMMSoftmaxLoss(torch.nn.Module):
@@ -122,10 +124,13 @@ class AMMSoftmaxHead(torch.nn.Module):
         self.params = dict(params)
         self.weight = torch.nn.Parameter(torch.empty(num_classes, embedding_dim, dtype=dtype))
         torch.nn.init.normal_(self.weight, std=0.01)
+        #: After each call: how many negatives each row mined as hard (an int64 array).
+        self.hard_negatives: np.ndarray | None = None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.hard_negatives = np.zeros(len(labels), dtype=np.int64)
         return AMMSoftmaxHeadFunction.apply(embeddings, self.weight, labels, self.params,
-                                            self.block_size)
+                                            self.block_size, self.hard_negatives)
 
     def extra_repr(self) -> str:
         shape = f"embedding_dim={self.weight.shape[1]}, num_classes={self.weight.shape[0]}"

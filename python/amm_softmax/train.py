@@ -4,8 +4,10 @@
     amm-softmax train ...                       (the same, through the installed command)
 
 For each configuration (plain normalised softmax, CosFace, ArcFace, MV-Arc-Softmax, AMM-Softmax)
-the same small network (an MLP, in NumPy, with the same seed, budget and optimiser) is trained
-with the library's fused head on the identities of the training split; then:
+the same small network (an MLP 128-32 with Adam, the same seed, budget and initial weights) is
+trained with the library's fused head on the identities of the training split -- in PyTorch
+with amm_softmax.torch.AMMSoftmaxHead when torch is importable, in NumPy otherwise
+(`--backend`); then:
 
 - identification: accuracy of the nearest class weight on held-out samples of those identities;
 - verification on identities never seen in training: ROC AUC and TAR at FAR = 1e-2 and 1e-3
@@ -218,10 +220,54 @@ def progress(prefix, done_fraction, epoch, epochs, loss, hard, width=24):
     sys.stdout.flush()
 
 
-def train(split: Split, name: str, config: dict, epochs: int, seed: int, batch=128, lr=2e-3):
+class TorchNetwork:
+    """The same network and optimiser in PyTorch, with the library's AMMSoftmaxHead (used when
+    torch is importable, or with --backend torch): initialised from the NumPy network's weights,
+    so both back-ends start from the same point."""
+
+    def __init__(self, start: Network, config: dict, lr: float):
+        import torch
+        from .torch import AMMSoftmaxHead
+        self.torch = torch
+        p = {k: torch.from_numpy(v.copy()) for k, v in start.params.items()}
+        first, second = torch.nn.Linear(*p["w1"].shape), torch.nn.Linear(*p["w2"].shape)
+        with torch.no_grad():
+            first.weight.copy_(p["w1"].T)
+            first.bias.copy_(p["b1"])
+            second.weight.copy_(p["w2"].T)
+            second.bias.copy_(p["b2"])
+        self.net = torch.nn.Sequential(first, torch.nn.ReLU(), second)
+        self.head = AMMSoftmaxHead(p["classes"].shape[1], p["classes"].shape[0], scale=SCALE,
+                                   **config)
+        with torch.no_grad():
+            self.head.weight.copy_(p["classes"])
+        self.optimiser = torch.optim.Adam(list(self.net.parameters()) + [self.head.weight],
+                                          lr=lr)
+        self.params = {}
+
+    def train_step(self, x, y, config, lr):
+        torch = self.torch
+        self.optimiser.zero_grad()
+        loss = self.head(self.net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        self.optimiser.step()
+        hard = int(self.head.hard_negatives.sum())
+        return float(loss.detach()), hard, len(y) * (self.head.weight.shape[0] - 1)
+
+    def embed(self, x):
+        with self.torch.no_grad():
+            self.params["classes"] = self.head.weight.detach().numpy()
+            return self.net(self.torch.from_numpy(x)).numpy(), None
+
+
+def train(split: Split, name: str, config: dict, epochs: int, seed: int, backend: str,
+          batch=128, lr=2e-3):
     rng = np.random.default_rng(seed)
     classes = int(split.y_train.max()) + 1
     net = Network.create(split.x_train.shape[1], 128, 32, classes, rng)
+    if backend == "torch":
+        net = TorchNetwork(net, config, lr)
+        net.embed(split.x_train[:1])  # exposes the class weights for evaluate()
     curve = []
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(split.y_train))
@@ -301,7 +347,15 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs per configuration")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("out/train"))
+    ap.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
+                    help="the network's framework: torch if importable (auto), else numpy")
     args = ap.parse_args(argv)
+    if args.backend == "auto":
+        try:
+            import torch  # noqa: F401
+            args.backend = "torch"
+        except Exception:  # ImportError, or a torch that cannot load its libraries
+            args.backend = "numpy"
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     if args.data:
@@ -315,10 +369,11 @@ def main(argv=None) -> int:
         print(f"{split.name}: {len(split.y_train)} training samples of "
               f"{split.y_train.max() + 1} identities, {len(split.y_test)} held out, "
               f"{len(split.y_unseen)} samples of {len(np.unique(split.y_unseen))} unseen "
-              f"identities; {epochs} epochs, seed {args.seed}, s = {SCALE:g}")
+              f"identities; {epochs} epochs, seed {args.seed}, s = {SCALE:g}, "
+              f"network in {args.backend}")
         runs = {}
         for name, config in CONFIGS.items():
-            net, curve = train(split, name, config, epochs, args.seed)
+            net, curve = train(split, name, config, epochs, args.seed, args.backend)
             runs[name] = dict(curve=curve, metrics=evaluate(net, split))
         report.append(table(split.name, runs))
         print("\n" + report[-1] + "\n")
@@ -329,7 +384,8 @@ def main(argv=None) -> int:
         for p in plots:
             print(f"  wrote {p}")
     (args.out / "results.json").write_text(json.dumps(
-        dict(seed=args.seed, epochs=epochs, scale=SCALE, configs=CONFIGS, results=results),
+        dict(seed=args.seed, epochs=epochs, scale=SCALE, backend=args.backend, configs=CONFIGS,
+             results=results),
         indent=1))
     (args.out / "results.md").write_text("\n\n".join(report) + "\n")
     print(f"results in {args.out} ({time.perf_counter() - started:.0f} s)")

@@ -124,3 +124,27 @@ def test_training_reduces_the_loss():
         optimiser.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_main_job_trains_with_the_torch_backend(tmp_path):
+    """amm_softmax.train --backend torch (the default where torch imports): runs, reduces every
+    loss, and agrees closely with the NumPy back-end, which starts from the same weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("sklearn", reason="scikit-learn (bundled digits) is not installed")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    results = {}
+    for backend in ("torch", "numpy"):
+        out = tmp_path / backend
+        subprocess.run([sys.executable, "-m", "amm_softmax.train", "--quick", "--backend",
+                        backend, "--out", str(out)], env=env, check=True, capture_output=True)
+        results[backend] = json.loads((out / "results.json").read_text())
+    assert results["torch"]["backend"] == "torch"
+    for dataset, runs in results["torch"]["results"].items():
+        for name, r in runs.items():
+            assert r["curve"][-1] < r["curve"][0]
+            other = results["numpy"]["results"][dataset][name]
+            assert abs(r["curve"][-1] - other["curve"][-1]) <= 0.05 * other["curve"][-1] + 1e-3
