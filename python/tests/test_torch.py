@@ -1,37 +1,11 @@
 """amm_softmax.torch: the autograd Function and the modules (skipped where torch is absent; run
 them with `bash scripts/test_torch.sh`, which installs torch into its own environment)."""
-import math
-
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (bash scripts/test_torch.sh)")
 
 from amm_softmax.torch import AMMSoftmaxHead, AMMSoftmaxLoss  # noqa: E402
-
-
-def plain_torch_loss(cos, labels, scale=64.0, margin=0.5, hard_margin=0.2, target="arc",
-                     hard="amm", reduction="mean"):
-    """FORMULATION.md in plain PyTorch ops, differentiated by autograd (inputs stay away from
-    cos = +-1, where torch.acos's derivative is infinite and the library floors sin(theta))."""
-    rows = torch.arange(cos.shape[0])
-    cy = cos[rows, labels]
-    if target == "arc":
-        inside = cy > math.cos(math.pi - margin)
-        f = torch.where(inside, torch.cos(torch.acos(cy.clamp(-1, 1)) + margin),
-                        cy - margin * math.sin(margin))
-    else:
-        f = cy - margin
-    is_target = torch.zeros_like(cos, dtype=torch.bool)
-    is_target[rows, labels] = True
-    hard_mask = (cos > f.detach()[:, None]) & ~is_target
-    t = hard_margin
-    g_hard = {"amm": lambda: torch.cos(torch.clamp(torch.acos(cos.clamp(-1, 1)) - t, min=0)),
-              "mv-fixed": lambda: t * cos + t - 1,
-              "mv-adaptive": lambda: (t + 1) * cos + t,
-              "none": lambda: cos}[hard]()
-    logits = torch.where(is_target, f[:, None], torch.where(hard_mask, g_hard, cos)) * scale
-    return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)
+from amm_softmax.torch_reference import plain_torch_loss  # noqa: E402
 
 
 def problem(n=12, c=40, dtype=torch.float64, seed=0):
