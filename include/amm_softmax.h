@@ -137,12 +137,14 @@ typedef struct amm_params {
     int64_t *hard_negatives;  /* optional output, NULL by default: when not NULL, every
                                  computing function writes here, for each of the n rows, the
                                  number of negatives mined as hard (cos[i, j] > f(c_y), j != y;
-                                 0 for ignored rows). The caller owns the n values; a NULL
-                                 pointer skips the count (which costs a pass over each row).   */
+                                 0 for ignored rows). The caller owns the n values (and must
+                                 not hand the same array to calls running at the same time);
+                                 NULL skips the count, which costs a pass over each row.      */
 } amm_params;
 
 /* Fills *p with the defaults of FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
-   num_threads = 0, ignore_index = -100) and sets p->struct_size = sizeof(amm_params).
+   num_threads = 0, ignore_index = -100; head_block_size = 0, hard_negatives = NULL) and sets
+   p->struct_size = sizeof(amm_params).
    Does nothing when p is NULL. Thread-safe. */
 void amm_params_init(amm_params *p);
 
