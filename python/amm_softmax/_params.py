@@ -81,16 +81,9 @@ def check_params(scale=64.0, margin=0.5, hard_margin=0.2, target="arc", hard="am
 
 def check_cos(cos, name: str = "cos") -> np.ndarray:
     """A float32/float64 matrix of shape (N, C) with C >= 1 (not copied)."""
-    if not isinstance(cos, np.ndarray):
-        if isinstance(cos, (list, tuple)):
-            cos = np.asarray(cos)
-        else:
-            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
-                            f"got {type(cos).__name__}")
-    if cos.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must have dtype float32 or float64, got {cos.dtype}")
-    if cos.ndim != 2:
-        raise ValueError(f"{name} must be 2-dimensional (N, C), got shape {cos.shape}")
+    if isinstance(cos, (list, tuple)):
+        cos = np.asarray(cos)
+    _float_matrix(cos, name, " (N, C)")
     if cos.shape[1] < 1:
         raise ValueError(f"{name} must have at least one class (column), got shape {cos.shape}")
     return cos
@@ -149,16 +142,21 @@ def check_grad_output(grad_output, rows: int, reduction: str) -> np.ndarray:
     return g
 
 
+def _float_matrix(a, name: str, shape: str) -> None:
+    """`a` is a 2-D float32/float64 ndarray; `shape` describes it in the message."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
+                        f"got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-dimensional{shape}, got shape {a.shape}")
+
+
 def check_head_inputs(embeddings, weights):
     """Embeddings (N, D) and weights (C, D) of one float dtype, D >= 1, C >= 1 (not copied)."""
-    for name, a in (("embeddings", embeddings), ("weights", weights)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
-                            f"got {type(a).__name__}")
-        if a.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
-        if a.ndim != 2:
-            raise ValueError(f"{name} must be 2-dimensional, got shape {a.shape}")
+    _float_matrix(embeddings, "embeddings", "")
+    _float_matrix(weights, "weights", "")
     if weights.dtype != embeddings.dtype:
         raise TypeError(f"weights must have the dtype of embeddings ({embeddings.dtype}), "
                         f"got {weights.dtype}")
