@@ -64,41 +64,82 @@ public struct RowAccumulator<T: LossScalar> {
             for j in 0..<count where cosines[j] > threshold && j != target { hard += 1 }
             _hard += hard
         }
-        // 1. The block's logits (and slopes), and their maximum.
-        var blockMax = T.Vector(repeating: -T.infinity)
-        var tail = T.Vector(repeating: -T.infinity)
-        var j = 0
-        while j < count {
-            let partial = count - j < width
-            let c = partial ? K.loadPartial(cosines + j, count: count - j) : K.load(cosines + j)
-            _poison += c - c
-            let z: T.Vector
-            if let slopes {
-                let (g, dg) = negatives.valuesAndDerivatives(c)
-                K.store(dg, slopes + j)
-                z = g * scale
+        // 1. Every whole vector's logits as if all its negatives were easy (z = s c), noting the
+        //    vectors that hold a hard negative; then those vectors recomputed, out of line
+        //    (`applyMining`), so that this loop stays a few instructions per vector.
+        let whole = count / width * width
+        let scales = T.Vector(repeating: scale)
+        // (Plain while loops and locals declared inside the closure: a captured variable, or a
+        // stored property, stays in memory, since the stores to `buffer` might alias it.)
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: K.blockSize / width) { list in
+            let mined = list.baseAddress!
+            var minedCount = 0
+            var poison = T.Vector()
+            var j = 0
+            if negatives.kind == .none {
+                while j < whole {
+                    let c = K.load(cosines + j)
+                    poison += c - c
+                    K.store(c * scales, buffer + j)
+                    j += width
+                }
             } else {
-                z = negatives.values(c) * scale
+                let threshold = T.Vector(repeating: negatives.threshold)
+                while j < whole {
+                    let c = K.load(cosines + j)
+                    poison += c - c
+                    K.store(c * scales, buffer + j)
+                    mined[minedCount] = j
+                    minedCount += T.vectorAny(c, greaterThan: threshold) ? 1 : 0
+                    j += width
+                }
+                if minedCount > 0 {
+                    Self.applyMining(negatives, scales: scales, cosines: cosines, vectors: mined,
+                                     count: minedCount, logits: buffer, slopes: slopes)
+                }
             }
-            if partial {
-                for k in 0..<(count - j) { tail[k] = z[k] }
-                break
+            // The partial last vector stays in registers, padded with -inf.
+            var tail = T.Vector(repeating: -T.infinity)
+            if whole < count {
+                let c = K.loadPartial(cosines + whole, count: count - whole)
+                poison += c - c
+                let z: T.Vector
+                if let slopes {
+                    let (g, dg) = negatives.valuesAndDerivatives(c)
+                    K.store(dg, slopes + whole)
+                    z = g * scale
+                } else {
+                    z = negatives.values(c) * scale
+                }
+                for k in 0..<(count - whole) { tail[k] = z[k] }
             }
-            K.store(z, buffer + j)
-            blockMax = T.vectorMaximum(blockMax, z)
-            j += width
+            _poison += poison
+            // The target is not a negative: take it out. Then the block's maximum.
+            if target >= 0, target < count {
+                if target < whole { buffer[target] = -T.infinity }
+                else { tail[target - whole] = -T.infinity }
+            }
+            var blockMax = tail
+            j = 0
+            while j < whole {
+                blockMax = T.vectorMaximum(blockMax, K.load(buffer + j))
+                j += width
+            }
+            return exponentiate(count: count, whole: whole, blockMax: blockMax, tail: tail,
+                                buffer: buffer, slopes: slopes, mined: mined,
+                                minedCount: minedCount)
         }
-        let whole = j
-        blockMax = T.vectorMaximum(blockMax, tail)
-        // The target is not a negative: take it out.
-        if target >= 0, target < count {
-            if target < whole { buffer[target] = -T.infinity }
-            else { tail[target - whole] = -T.infinity }
-            blockMax = tail
-            for k in stride(from: 0, to: whole, by: width) {
-                blockMax = T.vectorMaximum(blockMax, K.load(buffer + k))
-            }
-        }
+    }
+
+    /// Steps 2 and 3 of `add`: the reference, the block's exponentials and their sum.
+    @inlinable @inline(__always)
+    mutating func exponentiate(
+        count: Int, whole: Int, blockMax: T.Vector, tail: T.Vector,
+        buffer: UnsafeMutablePointer<T>, slopes: UnsafeMutablePointer<T>?,
+        mined: UnsafePointer<Int>, minedCount: Int
+    ) -> T {
+        typealias K = RowKernel<T>
+        let width = Self.width
         // 2. Raise the reference if needed, then exponentiate and add the block.
         let top = blockMax.max()
         if top > _reference {
@@ -111,10 +152,24 @@ public struct RowAccumulator<T: LossScalar> {
         }
         let shift = T.Vector(repeating: _reference)
         var blockSum = T.Vector()
-        for k in stride(from: 0, to: whole, by: width) {
-            let e = T.vectorExp(K.load(buffer + k) - shift)
-            blockSum += e
-            if let slopes { K.store(e * K.load(slopes + k), buffer + k) }
+        var k = 0
+        if slopes == nil {
+            while k < whole {
+                blockSum += T.vectorExp(K.load(buffer + k) - shift)
+                k += width
+            }
+        } else {
+            while k < whole {
+                let e = T.vectorExp(K.load(buffer + k) - shift)
+                blockSum += e
+                K.store(e, buffer + k)
+                k += width
+            }
+            // dg/dc is 1 but in the vectors holding a hard negative.
+            for m in 0..<minedCount {
+                let j = mined[m]
+                K.store(K.load(buffer + j) * K.load(slopes! + j), buffer + j)
+            }
         }
         if whole < count {
             let e = T.vectorExp(tail - shift)
@@ -126,5 +181,30 @@ public struct RowAccumulator<T: LossScalar> {
         }
         _sum += Double(blockSum.sum())
         return _reference
+    }
+
+    /// Recomputes the logits (and, with `slopes`, dg/dc) of the `count` whole vectors of the
+    /// block that start at the offsets `vectors`, each holding a hard negative. Out of line, and
+    /// branch-free inside but for the variant.
+    @inlinable @inline(never)
+    static func applyMining(
+        _ negatives: NegativeLogit<T>, scales: T.Vector, cosines: UnsafePointer<T>,
+        vectors: UnsafePointer<Int>, count: Int, logits: UnsafeMutablePointer<T>,
+        slopes: UnsafeMutablePointer<T>?
+    ) {
+        typealias K = RowKernel<T>
+        if let slopes {
+            for m in 0..<count {
+                let j = vectors[m]
+                let (g, dg) = negatives.minedValuesAndDerivatives(K.load(cosines + j))
+                K.store(g * scales, logits + j)
+                K.store(dg, slopes + j)
+            }
+        } else {
+            for m in 0..<count {
+                let j = vectors[m]
+                K.store(negatives.minedValues(K.load(cosines + j)) * scales, logits + j)
+            }
+        }
     }
 }

@@ -51,11 +51,31 @@ public struct NegativeLogit<T: LossScalar> {
     /// g for every lane.
     // Not forced inline, here or below: left as a call, the hard-negative arithmetic stays
     // behind the `any` branch; forced inline (@_transparent), LLVM if-converted it into every
-    // vector and the kernels ran 30% slower on this machine.
+    // vector and the kernels ran 30% slower on this machine. The row kernels' inner loops do
+    // not call these: they mine a whole block first and apply `minedValues` only to the
+    // vectors that hold a hard negative (RowAccumulator).
     @inlinable
     public func values(_ c: T.Vector) -> T.Vector {
-        let threshold = T.Vector(repeating: self.threshold)
-        guard kind != .none, T.vectorAny(c, greaterThan: threshold) else { return c }
+        guard kind != .none, T.vectorAny(c, greaterThan: T.Vector(repeating: threshold)) else {
+            return c
+        }
+        return minedValues(c)
+    }
+
+    /// g and dg/dc for every lane (dg = 1 for easy negatives), sharing one square root. The
+    /// values are bit for bit those of `values`.
+    @inlinable
+    public func valuesAndDerivatives(_ c: T.Vector) -> (value: T.Vector, derivative: T.Vector) {
+        guard kind != .none, T.vectorAny(c, greaterThan: T.Vector(repeating: threshold)) else {
+            return (c, T.Vector(repeating: 1))
+        }
+        return minedValuesAndDerivatives(c)
+    }
+
+    /// g for every lane, without the test for a hard lane: the same bits as `values`, for
+    /// loops that have already found one in this vector. Branch-free but for the variant.
+    @inlinable @inline(__always)
+    public func minedValues(_ c: T.Vector) -> T.Vector {
         let g: T.Vector
         switch kind {
         case .amm:
@@ -67,18 +87,19 @@ public struct NegativeLogit<T: LossScalar> {
         case .mvFixed, .mvAdaptive:
             g = c * slope + offset
         case .none:
-            g = c
+            return c
         }
-        return T.vectorSelect(c, greaterThan: threshold, g, c)
+        return T.vectorSelect(c, greaterThan: T.Vector(repeating: threshold), g, c)
     }
 
-    /// g and dg/dc for every lane (dg = 1 for easy negatives), sharing one square root. The
-    /// values are bit for bit those of `values`.
-    @inlinable
-    public func valuesAndDerivatives(_ c: T.Vector) -> (value: T.Vector, derivative: T.Vector) {
+    /// g and dg/dc for every lane, without the test for a hard lane: the same bits as
+    /// `valuesAndDerivatives`.
+    @inlinable @inline(__always)
+    public func minedValuesAndDerivatives(_ c: T.Vector)
+        -> (value: T.Vector, derivative: T.Vector)
+    {
         let one = T.Vector(repeating: 1)
         let threshold = T.Vector(repeating: self.threshold)
-        guard kind != .none, T.vectorAny(c, greaterThan: threshold) else { return (c, one) }
         let g: T.Vector, dg: T.Vector
         switch kind {
         case .amm:
