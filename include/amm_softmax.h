@@ -215,18 +215,24 @@ int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, 
  *
  * How: the classes are processed in blocks of B. Each row's target cosine is an indexed dot
  * product, computed first. A first pass over the blocks computes cos_b = x^ W^_b^T with
- * cblas_?gemm and updates every row's running log-sum-exp; a second pass computes cos_b again,
- * turns it into d loss / d cos_b in place, and accumulates d loss / d x^ += dcos_b W^_b and
- * d loss / d W^_b = dcos_b^T x^ (two more products); both gradients then go through the
- * normalisation. Four products of n x d x c multiply-adds in all.
+ * cblas_?gemm and updates every row's running log-sum-exp; the cosines of the first blocks, as
+ * many as 96 MiB holds, are kept. A second pass takes each block's cosines (kept, or computed
+ * again), turns them into d loss / d cos_b in place, and accumulates
+ * d loss / d x^ += dcos_b W^_b and d loss / d W^_b = dcos_b^T x^ (two more products); both
+ * gradients then go through the normalisation. Three products of n x d x c multiply-adds while
+ * n x c elements fit in 96 MiB, plus the recomputed fraction beyond. Kept or recomputed, the
+ * cosines come from the same product calls: the results do not depend on how many are kept.
  *
- * Memory beyond inputs and outputs: the normalised embeddings (n x d), one block of cosines
- * (n x B) and normalised weights (B x d), and O(n). B = p->head_block_size if positive (at most
- * c), else min(c, 8192, max(16, 32 MiB / ((n + d) * element size)) rounded down to a multiple
- * of 16): at most 32 MiB plus n x d elements, whatever c is.
+ * Memory beyond inputs and outputs: the normalised embeddings (n x d), the kept cosines (at
+ * most 96 MiB, whole blocks of n x B), one more block of cosines (n x B, if some block is not
+ * kept), one block of normalised weights (B x d), and O(n). B = p->head_block_size if positive
+ * (at most c), else min(c, 8192, max(16, 8 MiB / ((n + d) * element size)) rounded down to a
+ * multiple of 16): at most 104 MiB plus n x d elements for the automatic B, whatever c is.
  *
- * Threads: p->num_threads workers for the per-row work, and OpenBLAS is set to the same count
- * (openblas_set_num_threads: a process-wide OpenBLAS setting). Errors: as for the functions
+ * Threads: p->num_threads workers for the per-row work and the products, which are split into
+ * fixed chunks, each a single-threaded cblas_?gemm call (so the bits do not depend on the
+ * thread count); OpenBLAS is set to one thread for the duration of the call and restored after
+ * (openblas_set_num_threads: a process-wide setting). Errors: as for the functions
  * above; a NaN or infinity is reported as "embeddings[i, k]" or "weights[j, k]".
  * ------------------------------------------------------------------------------------------- */
 int amm_head_forward_backward_f32(const amm_params *p, const float *embeddings,

@@ -7,10 +7,5 @@ import AMMSoftmaxMath
 /// this function once to get the table.
 @_cdecl("amm_internal_row_kernels_avx2")
 public func rowKernelsAVX2(_ table: UnsafeMutableRawPointer) {
-    table.storeBytes(of: RowKernelTable(
-        statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-        gradientF32: { RowKernelTable.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
-        statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-        gradientF64: { RowKernelTable.gradient(Double.self, $0, $1, $2, $3, $4, $5) }
-    ), as: RowKernelTable.self)
+    table.storeBytes(of: RowKernelTable.compiledHere(), as: RowKernelTable.self)
 }

@@ -29,11 +29,7 @@ public enum KernelDispatch {
     /// The name of the build in use ("avx512", "avx2" or "portable").
     public static var buildName: String { selected.build.rawValue }
 
-    static let portable = RowKernelTable(
-        statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-        gradientF32: { RowKernelTable.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
-        statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-        gradientF64: { RowKernelTable.gradient(Double.self, $0, $1, $2, $3, $4, $5) })
+    static let portable = RowKernelTable.compiledHere()
 
     private static func select() -> (Build, RowKernelTable) {
         let request = getenv("AMM_SOFTMAX_KERNELS").flatMap { Build(rawValue: String(cString: $0)) }
@@ -73,16 +69,25 @@ public enum KernelDispatch {
 }
 
 /// The row kernels of the selected build for one element type.
-struct RowKernels<T: LossScalar> {
-    let statistics: RowKernelTable.Statistics
-    let gradient: RowKernelTable.Gradient
+package struct RowKernels<T: LossScalar> {
+    package let statistics: RowKernelTable.Statistics
+    package let gradient: RowKernelTable.Gradient
+    /// The fused head's passes (AMMSoftmaxHead).
+    package let accumulate: RowKernelTable.Accumulate
+    package let segment: RowKernelTable.Segment
+    package let normalize: RowKernelTable.Normalize
+    package let normalizeBackward: RowKernelTable.NormalizeBackward
 
-    init() {
+    package init() {
         let table = KernelDispatch.selected.table
         if T.self == Float.self {
             (statistics, gradient) = (table.statisticsF32, table.gradientF32)
+            (accumulate, segment) = (table.accumulateF32, table.segmentF32)
+            (normalize, normalizeBackward) = (table.normalizeF32, table.normalizeBackwardF32)
         } else {
             (statistics, gradient) = (table.statisticsF64, table.gradientF64)
+            (accumulate, segment) = (table.accumulateF64, table.segmentF64)
+            (normalize, normalizeBackward) = (table.normalizeF64, table.normalizeBackwardF64)
         }
     }
 }

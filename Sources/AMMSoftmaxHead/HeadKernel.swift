@@ -12,21 +12,37 @@ import AMMSoftmaxMath
 /// 2. First pass, per block: W^_b = normalize(W_b), cos_b = x^ W^_b^T (sgemm/dgemm), and every
 ///    row's running log-sum-exp updated with its B cosines (RowAccumulator).
 /// 3. The row losses and statistics, and the reduction.
-/// 4. Second pass, per block: W^_b and cos_b again, cos_b turned in place into dloss/dcos_b,
-///    then dx^ += dcos_b W^_b and dW^_b = dcos_b^T x^ (two more products), and dW_b through the
-///    normalisation.
+/// 4. Second pass, per block: W^_b again, and cos_b -- kept from the first pass for the first
+///    blocks, as many as `keepBudget` holds, recomputed for the others -- turned in place into
+///    dloss/dcos_b; then dx^ += dcos_b W^_b and dW^_b = dcos_b^T x^ (two more products), and
+///    dW_b through the normalisation.
 /// 5. dx through the normalisation.
-/// Four products of N x D x C multiply-adds in all: the three the gradient needs, and the
-/// first pass's cosines, which cannot be kept without the N x C matrix.
+/// Three products of N x D x C multiply-adds, the three the gradient needs, plus the
+/// recomputed cosines of the blocks not kept: none while N C elements fit in `keepBudget`
+/// (N = 256, C = 98,000 in f32), about a fraction 1 - 96 MiB / (N C element size) beyond. Kept
+/// or recomputed, a block's cosines come from the same product calls, so the results do not
+/// depend on how many blocks are kept. Why keep them: the fourth product was a quarter of the
+/// time; the budget trades memory for it, and stays a fixed bound whatever C is.
 ///
-/// Extra memory: x^ (N x D), one block's cosines (N x B) and normalised weights (B x D), and
-/// O(N) per-row state. B is chosen so that the block takes at most `blockBudget` bytes:
+/// Extra memory: x^ (N x D); the kept cosines (at most `keepBudget` bytes); one block's
+/// cosines (N x B, only if some block is not kept) and normalised weights (B x D); and O(N)
+/// per-row state. B is chosen so that the block takes at most `blockBudget` bytes:
 /// B = min(C, 8192, max(16, blockBudget / ((N + D) * element size)), a multiple of 16), unless
-/// given. So the extra memory is N D + B (N + D) elements + O(N), whatever C is: at most
-/// 32 MiB + N D elements for the automatic block.
+/// given. So the extra memory is at most 96 MiB + 8 MiB + N D elements + O(N) for the
+/// automatic block, whatever C is.
 public enum HeadKernel {
     /// Bytes a block of cosines and normalised weights may take (automatic block size).
-    public static let blockBudget = 32 << 20
+    public static let blockBudget = 8 << 20
+
+    /// Bytes of first-pass cosines kept for the second pass, in whole blocks.
+    public static let keepBudget = 96 << 20
+
+    /// How many of the `blocks` blocks of B classes (the first ones) keep their cosines.
+    public static func keptBlocks<T>(_: T.Type, rows n: Int, blockSize b: Int, blocks: Int,
+                                     budget: Int = keepBudget) -> Int {
+        let perBlock = Swift.max(n * b * MemoryLayout<T>.stride, 1)
+        return Swift.min(blocks, budget / perBlock)
+    }
 
     /// The block size for a problem: `requested` if positive (at most C), else the rule above.
     public static func blockSize<T>(_: T.Type, rows n: Int, dimension d: Int, classes c: Int,
@@ -53,13 +69,14 @@ public enum HeadKernel {
         embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
         rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
-        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil
+        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil,
+        keepBudget keep: Int = keepBudget
     ) throws(LossError) {
         try BLASThreads.singleThreaded { () throws(LossError) in
             try compute(parameters: parameters, blockSize: requested, embeddings: embeddings,
                         weights: weights, rows: n, dimension: d, classes: c, labels: labels,
                         loss: loss, gradEmbeddings: gradEmbeddings, gradWeights: gradWeights,
-                        hardNegatives: hardNegatives)
+                        hardNegatives: hardNegatives, keepBudget: keep)
         }
     }
 
@@ -68,7 +85,8 @@ public enum HeadKernel {
         embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
         rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
-        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>?
+        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>?,
+        keepBudget keep: Int
     ) throws(LossError) {
         try parameters.validateScale(for: T.self)
         let ignore = parameters.ignoreIndex
@@ -77,6 +95,8 @@ public enum HeadKernel {
         let reduction = parameters.reduction
         // The factor of every row's gradient: 1/count for mean (upstream 1).
         let rowFactor = reduction == .mean ? (counted > 0 ? 1 / Double(counted) : 0) : 1
+        let threads = parameters.numThreads == 0 ? RowParallel.availableCores
+                                                  : parameters.numThreads
         let xHat = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * d, 1))
         let xNorms = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(n, 1))
         defer { xHat.deallocate(); xNorms.deallocate() }
@@ -87,7 +107,7 @@ public enum HeadKernel {
                                   value: bad.value)
         }
         // The weights are checked whole before any is used (the target cosines read them first).
-        if let bad = firstNonFinite(weights!, count: c * d) {
+        if let bad = firstNonFinite(weights!, count: c * d, threads: threads) {
             throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
                                   value: Double(weights![bad]))
         }
@@ -95,8 +115,11 @@ public enum HeadKernel {
         // Each row's target logit, mining threshold and running log-sum-exp.
         let scale = T(parameters.scale)
         var targets = [TargetLogit?](repeating: nil, count: n)
-        var accumulators: [RowAccumulator<T>?] = (0..<n).map { i in
-            guard kept[i] else { return nil }
+        // (Raw storage, so that the dispatched kernels can take a pointer to a row's accumulator;
+        // only the rows that are not ignored are initialised. RowAccumulator is a plain value.)
+        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>.allocate(capacity: Swift.max(n, 1))
+        defer { accumulators.deallocate() }
+        for i in 0..<n where kept[i] {
             let y = Int(labels![i])
             let w = weights! + y * d
             let inverse = 1 / Swift.max(RowNormalization.norm(w, dimension: d)!,
@@ -105,50 +128,56 @@ public enum HeadKernel {
             let target = TargetLogit(cosine: dot * inverse, kind: parameters.target,
                                      margin: parameters.margin)
             targets[i] = target
-            return RowAccumulator(
+            (accumulators + i).initialize(to: RowAccumulator(
                 negatives: NegativeLogit<T>(kind: parameters.hard,
                                             hardMargin: parameters.hardMargin, target: target),
-                scale: scale, countsHardNegatives: hardNegatives != nil)
+                scale: scale, countsHardNegatives: hardNegatives != nil))
         }
 
         let b = blockSize(T.self, rows: n, dimension: d, classes: c, requested: requested)
-        let cosines = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * b, 1))
-        let wHat = UnsafeMutablePointer<T>.allocate(capacity: b * d)
+        let blocks = (c + b - 1) / b
+        let keptCount = keptBlocks(T.self, rows: n, blockSize: b, blocks: blocks, budget: keep)
+        let keptBuffer = LargeBuffer<T>(capacity: keptCount * n * b)
+        let blockBuffer = LargeBuffer<T>(capacity: keptCount < blocks ? n * b : 1)
+        let wHatBuffer = LargeBuffer<T>(capacity: b * d)
+        let (keptCosines, cosines, wHat) = (keptBuffer.pointer, blockBuffer.pointer,
+                                            wHatBuffer.pointer)
         let wNorms = UnsafeMutablePointer<Double>.allocate(capacity: b)
-        defer { cosines.deallocate(); wHat.deallocate(); wNorms.deallocate() }
-        let threads = parameters.numThreads == 0 ? RowParallel.availableCores
-                                                  : parameters.numThreads
+        defer {
+            keptBuffer.release(); blockBuffer.release(); wHatBuffer.release()
+            wNorms.deallocate()
+        }
         let products = ChunkedGEMM<T>(threads: threads)
+        let kernels = RowKernels<T>()
 
-        /// W^_b and cos_b = x^ W^_b^T for the block of `count` classes at `start`.
-        func blockCosines(start: Int, count: Int) {
-            _ = RowNormalization.normalize(weights! + start * d, count: count, dimension: d,
-                                           into: wHat, norms: wNorms)
-            guard n > 0 else { return }
-            products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: cosines)
+        /// Where block k's cosines live: kept, or the one block buffer.
+        func cosinesOf(block k: Int) -> UnsafeMutablePointer<T> {
+            k < keptCount ? keptCosines + k * n * b : cosines
+        }
+
+        /// W^_b for the block of `count` classes at `start`, rows spread over the workers (the
+        /// weights were checked finite above).
+        func normalizeBlock(start: Int, count: Int) {
+            RowParallel.forEachRow(rows: count, columns: d, threads: threads) { j, _ in
+                kernels.normalize(weights! + (start + j) * d, 1, d, wHat + j * d, wNorms + j)
+                return true
+            }
         }
 
         // First pass: the row statistics.
-        for start in stride(from: 0, to: c, by: b) {
-            let count = Swift.min(b, c - start)
-            blockCosines(start: start, count: count)
-            accumulators.withUnsafeMutableBufferPointer { rows in
-                RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
-                    guard rows[i] != nil else { return true }
-                    let y = Int(labels![i]) - start
-                    withUnsafeTemporaryAllocation(of: T.self, capacity: RowKernel<T>.blockSize) {
-                        scratch in
-                        var sub = 0
-                        while sub < count {
-                            let size = Swift.min(RowKernel<T>.blockSize, count - sub)
-                            _ = rows[i]!.add(cosines + i * count + sub, count: size,
-                                             target: y - sub, into: scratch.baseAddress!,
-                                             slopes: nil)
-                            sub += size
-                        }
-                    }
-                    return true
+        for k in 0..<blocks {
+            let start = k * b, count = Swift.min(b, c - start)
+            guard n > 0 else { break }
+            normalizeBlock(start: start, count: count)
+            let block = cosinesOf(block: k)
+            products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: block)
+            RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
+                guard kept[i] else { return true }
+                withUnsafeTemporaryAllocation(of: T.self, capacity: RowKernel<T>.blockSize) {
+                    kernels.accumulate(accumulators + i, block + i * count, count,
+                                       Int(labels![i]) - start, $0.baseAddress!)
                 }
+                return true
             }
         }
 
@@ -157,11 +186,13 @@ public enum HeadKernel {
         statistics.reserveCapacity(n)
         var losses = [Double](repeating: 0, count: n)
         for i in 0..<n {
-            hardNegatives?[i] = Int64(accumulators[i]?.hardNegatives ?? 0)
-            guard let accumulator = accumulators[i], let target = targets[i] else {
+            guard kept[i], let target = targets[i] else {
+                hardNegatives?[i] = 0
                 statistics.append(nil)
                 continue
             }
+            let accumulator = accumulators[i]
+            hardNegatives?[i] = Int64(accumulator.hardNegatives)
             let st = RowStatistics(target: target,
                                    negatives: accumulator.negatives, scale: parameters.scale,
                                    negativeMaximum: accumulator.reference,
@@ -183,34 +214,39 @@ public enum HeadKernel {
 
         // Second pass: the gradients.
         gradEmbeddings?.update(repeating: 0, count: n * d)  // dx^, accumulated over blocks
-        for start in stride(from: 0, to: c, by: b) {
-            let count = Swift.min(b, c - start)
-            blockCosines(start: start, count: count)
+        for k in 0..<blocks {
+            let start = k * b, count = Swift.min(b, c - start)
             let dWHat = gradWeights + start * d
             guard n > 0 else {
                 dWHat.update(repeating: 0, count: count * d)
                 continue
             }
+            normalizeBlock(start: start, count: count)
+            let block = cosinesOf(block: k)
+            if k >= keptCount {
+                products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: block)
+            }
             statistics.withUnsafeBufferPointer { rows in
                 RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
-                    let segment = cosines + i * count
-                    guard let st = rows[i] else {
+                    let segment = block + i * count
+                    guard var st = rows[i] else {
                         segment.update(repeating: 0, count: count)
                         return true
                     }
-                    RowKernel<T>.writeGradientSegment(
-                        segment, count: count, target: Int(labels![i]) - start, statistics: st,
-                        upstream: rowFactor, into: segment)
+                    kernels.segment(segment, count, Int(labels![i]) - start, &st, rowFactor,
+                                    segment)
                     return true
                 }
             }
             if let gradEmbeddings {
-                products.accumulateEmbeddings(dcos: cosines, wHat: wHat, n: n, d: d,
+                products.accumulateEmbeddings(dcos: block, wHat: wHat, n: n, d: d,
                                               count: count, into: gradEmbeddings)
             }
-            products.weights(dcos: cosines, xHat: xHat, n: n, d: d, count: count, into: dWHat)
-            RowNormalization.backward(normalized: wHat, norms: wNorms, count: count,
-                                      dimension: d, gradient: dWHat)
+            products.weights(dcos: block, xHat: xHat, n: n, d: d, count: count, into: dWHat)
+            RowParallel.forEachRow(rows: count, columns: d, threads: threads) { j, _ in
+                kernels.normalizeBackward(wHat + j * d, wNorms + j, 1, d, dWHat + j * d)
+                return true
+            }
         }
         if let gradEmbeddings {
             RowNormalization.backward(normalized: xHat, norms: xNorms, count: n, dimension: d,
@@ -219,19 +255,32 @@ public enum HeadKernel {
     }
 
     /// The index of the first NaN or infinity among `count` values, if any: a vector pass that
-    /// sums v - v (NaN exactly when some v is not finite), then a scalar search if needed.
-    static func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int) -> Int? {
-        let width = T.Vector.scalarCount
-        var poison = T.Vector()
-        var k = 0
-        while k + width <= count {
-            let v = UnsafeRawPointer(values + k).loadUnaligned(as: T.Vector.self)
-            poison += v - v
-            k += width
+    /// sums v - v (NaN exactly when some v is not finite) over fixed chunks spread over the
+    /// workers, then a scalar search of the first chunk that has one.
+    static func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int,
+                                              threads: Int) -> Int? {
+        let chunk = 1 << 20
+        let chunks = (count + chunk - 1) / chunk
+        let flagged = UnsafeMutableBufferPointer<Bool>.allocate(capacity: Swift.max(chunks, 1))
+        defer { flagged.deallocate() }
+        RowParallel.forEachItem(count: chunks, threads: threads) { index in
+            let start = index * chunk
+            let size = Swift.min(chunk, count - start)
+            let width = T.Vector.scalarCount
+            let part = values + start
+            var poison = T.Vector()
+            var k = 0
+            while k + width <= size {
+                let v = UnsafeRawPointer(part + k).loadUnaligned(as: T.Vector.self)
+                poison += v - v
+                k += width
+            }
+            var tail: T = 0
+            while k < size { tail += part[k] - part[k]; k += 1 }
+            flagged[index] = poison.sum().isNaN || tail.isNaN
         }
-        var tail: T = 0
-        while k < count { tail += values[k] - values[k]; k += 1 }
-        guard poison.sum().isNaN || tail.isNaN else { return nil }
-        return (0..<count).first { !values[$0].isFinite }
+        guard let first = (0..<chunks).first(where: { flagged[$0] }) else { return nil }
+        let start = first * chunk
+        return (start..<Swift.min(count, start + chunk)).first { !values[$0].isFinite }
     }
 }

@@ -12,7 +12,7 @@ import AMMSoftmaxMath
 /// The pointers cross the image boundary with raw pointers to the Swift values (LossParameters,
 /// RowStatistics): both sides are compiled from the same sources by the same compiler, so the
 /// layouts agree.
-public struct RowKernelTable: @unchecked Sendable {  // four immutable C function pointers
+public struct RowKernelTable: @unchecked Sendable {  // immutable C function pointers
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
     /// whether to count hard negatives, statistics out) -> -1, or the lowest non-finite column.
     public typealias Statistics = @convention(c) (
@@ -24,17 +24,78 @@ public struct RowKernelTable: @unchecked Sendable {  // four immutable C functio
         Int, Int, UnsafeRawPointer, UnsafeRawPointer, Double, UnsafeMutableRawPointer
     ) -> Void
 
+    /// The fused head's first pass over one row of a block of cosines: (RowAccumulator<T>,
+    /// cosines, count, the target's column relative to them, scratch of RowKernel.blockSize
+    /// values).
+    public typealias Accumulate = @convention(c) (
+        UnsafeMutableRawPointer, UnsafeRawPointer, Int, Int, UnsafeMutableRawPointer
+    ) -> Void
+    /// The fused head's second pass (`RowKernel.writeGradientSegment`): (cosines, count,
+    /// target column relative to them, statistics, upstream, out; out may equal cosines).
+    public typealias Segment = @convention(c) (
+        UnsafeRawPointer, Int, Int, UnsafeRawPointer, Double, UnsafeMutableRawPointer
+    ) -> Void
+
+    /// Row normalisation of finite rows (`RowNormalization.normalize`): (rows, count,
+    /// dimension, normalised rows out, norms out).
+    public typealias Normalize = @convention(c) (
+        UnsafeRawPointer, Int, Int, UnsafeMutableRawPointer, UnsafeMutablePointer<Double>
+    ) -> Void
+    /// Its backward (`RowNormalization.backward`): (normalised rows, norms, count, dimension,
+    /// gradient in and out).
+    public typealias NormalizeBackward = @convention(c) (
+        UnsafeRawPointer, UnsafePointer<Double>, Int, Int, UnsafeMutableRawPointer
+    ) -> Void
+
     public var statisticsF32: Statistics
     public var gradientF32: Gradient
     public var statisticsF64: Statistics
     public var gradientF64: Gradient
+    public var accumulateF32: Accumulate
+    public var segmentF32: Segment
+    public var accumulateF64: Accumulate
+    public var segmentF64: Segment
+    public var normalizeF32: Normalize
+    public var normalizeBackwardF32: NormalizeBackward
+    public var normalizeF64: Normalize
+    public var normalizeBackwardF64: NormalizeBackward
 
     public init(statisticsF32: Statistics, gradientF32: Gradient, statisticsF64: Statistics,
-                gradientF64: Gradient) {
+                gradientF64: Gradient, accumulateF32: Accumulate, segmentF32: Segment,
+                accumulateF64: Accumulate, segmentF64: Segment, normalizeF32: Normalize,
+                normalizeBackwardF32: NormalizeBackward, normalizeF64: Normalize,
+                normalizeBackwardF64: NormalizeBackward) {
         self.statisticsF32 = statisticsF32
         self.gradientF32 = gradientF32
         self.statisticsF64 = statisticsF64
         self.gradientF64 = gradientF64
+        self.accumulateF32 = accumulateF32
+        self.segmentF32 = segmentF32
+        self.accumulateF64 = accumulateF64
+        self.segmentF64 = segmentF64
+        self.normalizeF32 = normalizeF32
+        self.normalizeBackwardF32 = normalizeBackwardF32
+        self.normalizeF64 = normalizeF64
+        self.normalizeBackwardF64 = normalizeBackwardF64
+    }
+
+    /// The table of the build that compiles this call: every entry specialised in the caller's
+    /// module, with its CPU flags.
+    @inlinable @inline(__always)
+    public static func compiledHere() -> RowKernelTable {
+        RowKernelTable(
+            statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            gradientF32: { RowKernelTable.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
+            statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            gradientF64: { RowKernelTable.gradient(Double.self, $0, $1, $2, $3, $4, $5) },
+            accumulateF32: { RowKernelTable.accumulate(Float.self, $0, $1, $2, $3, $4) },
+            segmentF32: { RowKernelTable.segment(Float.self, $0, $1, $2, $3, $4, $5) },
+            accumulateF64: { RowKernelTable.accumulate(Double.self, $0, $1, $2, $3, $4) },
+            segmentF64: { RowKernelTable.segment(Double.self, $0, $1, $2, $3, $4, $5) },
+            normalizeF32: { RowKernelTable.normalize(Float.self, $0, $1, $2, $3, $4) },
+            normalizeBackwardF32: { RowKernelTable.normalizeBackward(Float.self, $0, $1, $2, $3, $4) },
+            normalizeF64: { RowKernelTable.normalize(Double.self, $0, $1, $2, $3, $4) },
+            normalizeBackwardF64: { RowKernelTable.normalizeBackward(Double.self, $0, $1, $2, $3, $4) })
     }
 
     /// The body of a `Statistics` entry for T; each build's closures call it, which makes the
@@ -72,5 +133,58 @@ public struct RowKernelTable: @unchecked Sendable {  // four immutable C functio
             statistics: statistics.load(as: RowStatistics<T>.self),
             blockReferences: references.assumingMemoryBound(to: T.self), upstream: upstream,
             gradient: gradient.assumingMemoryBound(to: T.self))
+    }
+
+    /// The body of an `Accumulate` entry for T: the row's cosines fed to its accumulator in
+    /// blocks of RowKernel.blockSize.
+    @inlinable @inline(__always)
+    public static func accumulate<T: LossScalar>(
+        _: T.Type, _ accumulator: UnsafeMutableRawPointer, _ cosines: UnsafeRawPointer,
+        _ count: Int, _ target: Int, _ scratch: UnsafeMutableRawPointer
+    ) {
+        let rows = accumulator.assumingMemoryBound(to: RowAccumulator<T>.self)
+        let values = cosines.assumingMemoryBound(to: T.self)
+        let buffer = scratch.assumingMemoryBound(to: T.self)
+        var start = 0
+        while start < count {
+            let size = Swift.min(RowKernel<T>.blockSize, count - start)
+            _ = rows.pointee.add(values + start, count: size, target: target - start,
+                                 into: buffer, slopes: nil)
+            start += size
+        }
+    }
+
+    /// The body of a `Segment` entry for T.
+    @inlinable @inline(__always)
+    public static func segment<T: LossScalar>(
+        _: T.Type, _ cosines: UnsafeRawPointer, _ count: Int, _ target: Int,
+        _ statistics: UnsafeRawPointer, _ upstream: Double, _ out: UnsafeMutableRawPointer
+    ) {
+        RowKernel<T>.writeGradientSegment(
+            cosines.assumingMemoryBound(to: T.self), count: count, target: target,
+            statistics: statistics.load(as: RowStatistics<T>.self), upstream: upstream,
+            into: out.assumingMemoryBound(to: T.self))
+    }
+
+    /// The body of a `Normalize` entry for T.
+    @inlinable @inline(__always)
+    public static func normalize<T: LossScalar>(
+        _: T.Type, _ rows: UnsafeRawPointer, _ count: Int, _ dimension: Int,
+        _ out: UnsafeMutableRawPointer, _ norms: UnsafeMutablePointer<Double>
+    ) {
+        _ = RowNormalization.normalize(rows.assumingMemoryBound(to: T.self), count: count,
+                                       dimension: dimension,
+                                       into: out.assumingMemoryBound(to: T.self), norms: norms)
+    }
+
+    /// The body of a `NormalizeBackward` entry for T.
+    @inlinable @inline(__always)
+    public static func normalizeBackward<T: LossScalar>(
+        _: T.Type, _ normalized: UnsafeRawPointer, _ norms: UnsafePointer<Double>, _ count: Int,
+        _ dimension: Int, _ gradient: UnsafeMutableRawPointer
+    ) {
+        RowNormalization.backward(normalized: normalized.assumingMemoryBound(to: T.self),
+                                  norms: norms, count: count, dimension: dimension,
+                                  gradient: gradient.assumingMemoryBound(to: T.self))
     }
 }

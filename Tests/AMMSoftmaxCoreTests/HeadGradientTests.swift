@@ -47,7 +47,8 @@ struct HeadGradientTests {
         return (0..<n).flatMap { i in (0..<c).map { j in zip(xs[i], ws[j]).reduce(0) { $0 + $1.0 * $1.1 } } }
     }
 
-    static func run(_ p: LossParameters, _ q: Problem, blockSize: Int = 0)
+    static func run(_ p: LossParameters, _ q: Problem, blockSize: Int = 0,
+                    keepBudget: Int = HeadKernel.keepBudget)
         throws -> (loss: Double, dx: [Double], dw: [Double])
     {
         var loss = [Double](repeating: 0, count: p.reduction == .none ? q.n : 1)
@@ -59,7 +60,8 @@ struct HeadGradientTests {
                     try HeadKernel.run(parameters: p, blockSize: blockSize, embeddings: x.baseAddress,
                                        weights: w.baseAddress, rows: q.n, dimension: q.d,
                                        classes: q.c, labels: l.baseAddress,
-                                       loss: &loss, gradEmbeddings: &dx, gradWeights: &dw)
+                                       loss: &loss, gradEmbeddings: &dx, gradWeights: &dw,
+                                       keepBudget: keepBudget)
                 }
             }
         }
@@ -100,6 +102,26 @@ struct HeadGradientTests {
         for block in [0, 1, 7, 16, 37, 100] {
             let got = try Self.run(p, q, blockSize: block).loss
             #expect(close(got, expected, rtol: 1e-12, atol: 0), "block \(block): \(got) vs \(expected)")
+        }
+    }
+
+    /// The second pass takes a block's cosines kept from the first pass, or computes them again
+    /// once the keep budget is spent: the same bits either way (the automatic budget keeps
+    /// everything in the other tests; here none, some, and all of the blocks are kept).
+    @Test(arguments: [HardKind.amm, .none])
+    func keptAndRecomputedCosinesGiveTheSameBits(hard: HardKind) throws {
+        let p = LossParameters(scale: 16, hard: hard, reduction: .mean)
+        let q = Self.problem(p, n: 5, d: 6, c: 41, seed: 23)
+        let block = 8  // 6 blocks, the last of 1 class
+        let perBlock = q.n * block * MemoryLayout<Double>.stride
+        #expect(HeadKernel.keptBlocks(Double.self, rows: q.n, blockSize: block, blocks: 6,
+                                      budget: 3 * perBlock + 1) == 3)
+        let all = try Self.run(p, q, blockSize: block, keepBudget: Int.max / 2)
+        for budget in [0, perBlock - 1, 3 * perBlock, 5 * perBlock] {
+            let got = try Self.run(p, q, blockSize: block, keepBudget: budget)
+            #expect(got.loss.bitPattern == all.loss.bitPattern, "budget \(budget): loss")
+            #expect(got.dx.map(\.bitPattern) == all.dx.map(\.bitPattern), "budget \(budget): dx")
+            #expect(got.dw.map(\.bitPattern) == all.dw.map(\.bitPattern), "budget \(budget): dw")
         }
     }
 }

@@ -177,7 +177,8 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
 
     embeddings (N, D) and weights (C, D, one row per class) are float32 or float64 of one dtype;
     labels (N,) integers. Rows are normalised as torch.nn.functional.normalize does. The classes
-    go through in blocks of `block_size` (0: the library's rule, 32 MiB a block). Gradients are
+    go through in blocks of `block_size` (0: the library's rule, 8 MiB a block; see the C
+    header for the memory bound). Gradients are
     shaped and typed like the inputs; `out=(grad_embeddings, grad_weights)` receives them in
     given arrays (C-contiguous, of those shapes and dtype), as `out` does for backward."""
     p = check_params(**params)

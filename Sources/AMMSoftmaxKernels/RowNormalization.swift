@@ -4,14 +4,18 @@ import AMMSoftmaxMath
 /// v^ = v / max(||v||, 1e-12), and its backward
 /// dv = (dv^ - v^ <v^, dv^>) / ||v|| where ||v|| >= 1e-12, dv = dv^ / 1e-12 otherwise.
 /// Norms and inner products are accumulated in Double.
-enum RowNormalization {
+///
+/// `@inlinable`, like the row kernels, so that the builds for wider instruction sets compile
+/// their own copies: the fused head normalises and back-propagates its class weights (C x D
+/// values, twice per call) through the dispatched table (RowKernelTable).
+public enum RowNormalization {
     /// The floor on the norm.
-    static let floor = 1e-12
+    public static let floor = 1e-12
 
     /// sum_k a_k b_k in Double, in eight interleaved partial sums (added in a fixed order), so
     /// that the loop runs as vector code: a plain running sum would be one long dependency chain.
-    @inline(__always)
-    static func dot<T: LossScalar>(_ a: UnsafePointer<T>, _ b: UnsafePointer<T>, count: Int)
+    @inlinable @inline(__always)
+    public static func dot<T: LossScalar>(_ a: UnsafePointer<T>, _ b: UnsafePointer<T>, count: Int)
         -> Double
     {
         var partial = SIMD8<Double>()
@@ -35,8 +39,8 @@ enum RowNormalization {
 
     /// ||v|| in Double, or nil if v holds a NaN or an infinity. Scales by a power of two (exact)
     /// where the squares would overflow.
-    @inline(__always)
-    static func norm<T: LossScalar>(_ v: UnsafePointer<T>, dimension: Int) -> Double? {
+    @inlinable @inline(__always)
+    public static func norm<T: LossScalar>(_ v: UnsafePointer<T>, dimension: Int) -> Double? {
         var squares = dot(v, v, count: dimension)
         if squares.isFinite { return squares.squareRoot() }
         if (0..<dimension).contains(where: { !v[$0].isFinite }) { return nil }
@@ -52,7 +56,8 @@ enum RowNormalization {
     /// each row's norm in `norms`. Returns the first (row, column) holding NaN or infinity, if
     /// any (the rows after it are then not normalised). Rows for which `skip` is true are
     /// written as zeros and not checked (ignored samples).
-    static func normalize<T: LossScalar>(
+    @inlinable
+    public static func normalize<T: LossScalar>(
         _ rows: UnsafePointer<T>, count: Int, dimension: Int,
         into normalized: UnsafeMutablePointer<T>, norms: UnsafeMutablePointer<Double>,
         skip: (Int) -> Bool = { _ in false }
@@ -77,7 +82,8 @@ enum RowNormalization {
     }
 
     /// Turns dv^ (in `gradient`, rows of `dimension`) into dv, in place.
-    static func backward<T: LossScalar>(
+    @inlinable
+    public static func backward<T: LossScalar>(
         normalized: UnsafePointer<T>, norms: UnsafePointer<Double>, count: Int, dimension: Int,
         gradient: UnsafeMutablePointer<T>
     ) {

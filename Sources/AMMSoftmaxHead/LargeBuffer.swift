@@ -1,0 +1,42 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Scratch memory of a call's lifetime for the head's large buffers (kept cosines, blocks):
+/// mapped directly and, where the kernel allows it (transparent huge pages in `madvise` mode,
+/// Linux's default), backed by 2 MiB pages. The first touch of a fresh mapping costs a page
+/// fault per page: 24,576 of them for 96 MiB of 4 KiB pages; with huge pages they are 48.
+/// Measured at N = 256, D = 512, C = 100,000 (f32): 468-491 ms a call instead of 502-511.
+struct LargeBuffer<T> {
+    let pointer: UnsafeMutablePointer<T>
+    private let bytes: Int
+    private let mapped: Bool
+
+    init(capacity: Int) {
+        let size = Swift.max(capacity, 1) * MemoryLayout<T>.stride
+        #if canImport(Glibc)
+        if size >= 4 << 20,
+           let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+           address != MAP_FAILED {
+            _ = madvise(address, size, MADV_HUGEPAGE)  // advice only: ignored where unsupported
+            pointer = address.bindMemory(to: T.self, capacity: Swift.max(capacity, 1))
+            bytes = size
+            mapped = true
+            return
+        }
+        #endif
+        pointer = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(capacity, 1))
+        bytes = size
+        mapped = false
+    }
+
+    func release() {
+        #if canImport(Glibc)
+        if mapped {
+            munmap(UnsafeMutableRawPointer(pointer), bytes)
+            return
+        }
+        #endif
+        pointer.deallocate()
+    }
+}
