@@ -52,8 +52,9 @@ public struct NegativeLogit<T: LossScalar> {
     // Not forced inline, here or below: left as a call, the hard-negative arithmetic stays
     // behind the `any` branch; forced inline (@_transparent), LLVM if-converted it into every
     // vector and the kernels ran 30% slower on this machine. The row kernels' inner loops do
-    // not call these: they mine a whole block first and apply `minedValues` only to the
-    // vectors that hold a hard negative (RowAccumulator).
+    // not call these: they mine a whole block first and apply `minedValues` (forced inline
+    // there: as calls, each vector crossed the call in 128-bit pieces) only to the vectors
+    // that hold a hard negative (RowAccumulator).
     @inlinable
     public func values(_ c: T.Vector) -> T.Vector {
         guard kind != .none, T.vectorAny(c, greaterThan: T.Vector(repeating: threshold)) else {
@@ -74,7 +75,7 @@ public struct NegativeLogit<T: LossScalar> {
 
     /// g for every lane, without the test for a hard lane: the same bits as `values`, for
     /// loops that have already found one in this vector. Branch-free but for the variant.
-    @inlinable @inline(__always)
+    @_transparent
     public func minedValues(_ c: T.Vector) -> T.Vector {
         let g: T.Vector
         switch kind {
@@ -94,7 +95,7 @@ public struct NegativeLogit<T: LossScalar> {
 
     /// g and dg/dc for every lane, without the test for a hard lane: the same bits as
     /// `valuesAndDerivatives`.
-    @inlinable @inline(__always)
+    @_transparent
     public func minedValuesAndDerivatives(_ c: T.Vector)
         -> (value: T.Vector, derivative: T.Vector)
     {
