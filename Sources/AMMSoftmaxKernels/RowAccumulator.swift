@@ -141,7 +141,11 @@ public struct RowAccumulator<T: LossScalar> {
         typealias K = RowKernel<T>
         let width = Self.width
         // 2. Raise the reference if needed, then exponentiate and add the block.
-        let top = blockMax.max()
+        // The largest lane, by a select chain: the standard library's max() compares lane by
+        // lane with branches (NaN rules), which mispredicted on every block. A NaN here
+        // cannot matter: `allFinite` reports the row whatever the reference becomes.
+        var top = blockMax[0]
+        for lane in 1..<width where blockMax[lane] > top { top = blockMax[lane] }
         if top > _reference {
             _sum *= Double.exp(Double(_reference) - Double(top))
             _reference = top
