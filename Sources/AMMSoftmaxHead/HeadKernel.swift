@@ -117,7 +117,8 @@ public enum HeadKernel {
         var targets = [TargetLogit?](repeating: nil, count: n)
         // (Raw storage, so that the dispatched kernels can take a pointer to a row's accumulator;
         // only the rows that are not ignored are initialised. RowAccumulator is a plain value.)
-        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>.allocate(capacity: Swift.max(n, 1))
+        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>
+            .allocate(capacity: Swift.max(n, 1))
         defer { accumulators.deallocate() }
         for i in 0..<n where kept[i] {
             let y = Int(labels![i])

@@ -16,7 +16,8 @@ struct LargeBuffer<T> {
         let size = Swift.max(capacity, 1) * MemoryLayout<T>.stride
         #if canImport(Glibc)
         if size >= 4 << 20,
-           let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+           let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                              -1, 0),
            address != MAP_FAILED {
             _ = madvise(address, size, MADV_HUGEPAGE)  // advice only: ignored where unsupported
             pointer = address.bindMemory(to: T.self, capacity: Swift.max(capacity, 1))

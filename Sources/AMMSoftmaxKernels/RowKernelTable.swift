@@ -83,19 +83,20 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
     /// module, with its CPU flags.
     @inlinable @inline(__always)
     public static func compiledHere() -> RowKernelTable {
-        RowKernelTable(
-            statisticsF32: { RowKernelTable.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-            gradientF32: { RowKernelTable.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
-            statisticsF64: { RowKernelTable.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
-            gradientF64: { RowKernelTable.gradient(Double.self, $0, $1, $2, $3, $4, $5) },
-            accumulateF32: { RowKernelTable.accumulate(Float.self, $0, $1, $2, $3, $4) },
-            segmentF32: { RowKernelTable.segment(Float.self, $0, $1, $2, $3, $4, $5) },
-            accumulateF64: { RowKernelTable.accumulate(Double.self, $0, $1, $2, $3, $4) },
-            segmentF64: { RowKernelTable.segment(Double.self, $0, $1, $2, $3, $4, $5) },
-            normalizeF32: { RowKernelTable.normalize(Float.self, $0, $1, $2, $3, $4) },
-            normalizeBackwardF32: { RowKernelTable.normalizeBackward(Float.self, $0, $1, $2, $3, $4) },
-            normalizeF64: { RowKernelTable.normalize(Double.self, $0, $1, $2, $3, $4) },
-            normalizeBackwardF64: { RowKernelTable.normalizeBackward(Double.self, $0, $1, $2, $3, $4) })
+        typealias K = RowKernelTable
+        return RowKernelTable(
+            statisticsF32: { K.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            gradientF32: { K.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
+            statisticsF64: { K.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            gradientF64: { K.gradient(Double.self, $0, $1, $2, $3, $4, $5) },
+            accumulateF32: { K.accumulate(Float.self, $0, $1, $2, $3, $4) },
+            segmentF32: { K.segment(Float.self, $0, $1, $2, $3, $4, $5) },
+            accumulateF64: { K.accumulate(Double.self, $0, $1, $2, $3, $4) },
+            segmentF64: { K.segment(Double.self, $0, $1, $2, $3, $4, $5) },
+            normalizeF32: { K.normalize(Float.self, $0, $1, $2, $3, $4) },
+            normalizeBackwardF32: { K.normalizeBackward(Float.self, $0, $1, $2, $3, $4) },
+            normalizeF64: { K.normalize(Double.self, $0, $1, $2, $3, $4) },
+            normalizeBackwardF64: { K.normalizeBackward(Double.self, $0, $1, $2, $3, $4) })
     }
 
     /// The body of a `Statistics` entry for T; each build's closures call it, which makes the

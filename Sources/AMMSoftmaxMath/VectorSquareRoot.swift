@@ -6,15 +6,15 @@
 /// the classic bit-level first guess (3.4% error), refined by Newton steps
 /// y <- y (3 - x y^2) / 2, each of which squares the error (3 for Float, 4 for Double); then
 /// sqrt(x) = x y with one final Newton correction s <- s + y (x - s^2) / 2. Accuracy on [0, 1],
-/// measured by the tests: within 2 ulp of the correctly rounded values for both.
+/// measured by the tests: within 2 ulp of the correctly rounded values for both. At x = 0 the
+/// root is exactly 0 and y is huge (about 4e19 for Float), which callers bound. Only +, -, *
+/// and bit operations, like VectorExp.swift, so every instruction set computes the same bits.
 ///
-/// For Float, the reciprocal's last step is written as the plain step, not as the correction
-/// y + y (1 - x y^2) / 2 (which rounds a little less): with that form, LLVM's vectoriser cut
-/// the mining arithmetic of the amm kernels into scalar and 128-bit pieces, and they ran at
-/// 60% of their speed (Swift's SIMD arithmetic is lane loops that LLVM has to re-vectorise;
-/// the disassembly shows whether it did). Double keeps the correction, which it needs for 2 ulp. At x = 0 the root is exactly 0 and y is huge (about 4e19
-/// for Float), which callers bound. Only +, -, * and bit operations, like VectorExp.swift, so
-/// every instruction set computes the same bits.
+/// Double writes the reciprocal's last step as the correction y + y (1 - x y^2) / 2, which
+/// rounds less and which it needs for 2 ulp. Float writes it as the plain step: with the
+/// correction form, LLVM's vectoriser cut the amm kernels' mining arithmetic into scalar and
+/// 128-bit pieces, and they ran at 60% of their speed (Swift's SIMD arithmetic is lane loops
+/// that LLVM has to re-vectorise; the disassembly shows whether it did).
 extension Float {
     /// sqrt(x): two Newton steps on 1/sqrt(x) (error 4.5e-6) suffice before the final
     /// correction of the root, which squares the error again.

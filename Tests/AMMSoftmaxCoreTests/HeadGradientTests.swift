@@ -124,4 +124,30 @@ struct HeadGradientTests {
             #expect(got.dw.map(\.bitPattern) == all.dw.map(\.bitPattern), "budget \(budget): dw")
         }
     }
+
+    /// The same at a size where the kept cosines (5 MiB) and the block buffers are mapped
+    /// memory (LargeBuffer takes 4 MiB and up from mmap), with ignored rows and the automatic
+    /// block: keeping all, some, or none of the blocks gives the same bits.
+    @Test func keptCosinesInMappedMemory() throws {
+        let (n, d, c) = (32, 4, 20_000)
+        var rng = SeededGenerator(seed: 3)
+        let x = (0..<n * d).map { _ in Double.random(in: -1...1, using: &rng) }
+        let w = (0..<c * d).map { _ in Double.random(in: -1...1, using: &rng) }
+        var labels = (0..<n).map { _ in Int64.random(in: 0..<Int64(c), using: &rng) }
+        labels[5] = -100
+        let q = Problem(x: x, w: w, labels: labels, n: n, d: d, c: c)
+        let p = LossParameters(scale: 32, reduction: .sum)
+        let b = HeadKernel.blockSize(Double.self, rows: n, dimension: d, classes: c, requested: 0)
+        let perBlock = n * b * MemoryLayout<Double>.stride
+        #expect(n * c * MemoryLayout<Double>.stride >= 4 << 20)
+        let all = try Self.run(p, q)
+        for budget in [0, perBlock] {
+            let got = try Self.run(p, q, keepBudget: budget)
+            #expect(got.loss.bitPattern == all.loss.bitPattern, "budget \(budget): loss")
+            #expect(got.dx.map(\.bitPattern) == all.dx.map(\.bitPattern)
+                    && got.dw.map(\.bitPattern) == all.dw.map(\.bitPattern),
+                    "budget \(budget): gradients")
+        }
+        #expect(all.loss.isFinite && all.dw.contains { $0 != 0 })
+    }
 }
