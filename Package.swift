@@ -12,7 +12,8 @@
 //   AMMKernelsAVX512   each in its own shared library (libAMMSoftmaxAVX2.so,
 //                      libAMMSoftmaxAVX512.so) that the core loads only on a CPU that has the
 //                      level; the core's own copy is baseline x86-64 (SSE2) and runs anywhere.
-//   CPlatform          what Swift cannot ask directly: the CPU level, the path of an image.
+//   CPlatform          what Swift cannot say directly: the CPU level, the path of an image,
+//                      cache prefetch hints (used by the row kernels).
 //   AMMSoftmaxCore     the whole-matrix kernels: kernel choice, rows over threads, reductions,
 //                      validation, and the Swift API.
 //   AMMSoftmaxHead     the fused head: embeddings and class weights in, loss and both gradients
@@ -47,7 +48,7 @@ let package = Package(
         ),
         .target(
             name: "AMMSoftmaxKernels",
-            dependencies: ["AMMSoftmaxMath"]
+            dependencies: ["AMMSoftmaxMath", "CPlatform"]
         ),
         // -target-cpu names LLVM's CPU models: haswell and skylake-avx512 enable exactly the
         // instruction sets of x86-64-v3 and x86-64-v4 that compiled code uses (the extras they

@@ -13,4 +13,32 @@ int amm_cpu_supports_x86_64_v3(void);
    The string belongs to the dynamic loader and lives as long as the image is loaded. */
 const char *amm_image_path(const void *address);
 
+/* A hint to fetch the cache line holding `address` for reading (no effect on results; a no-op
+   where unsupported). Inline, so that the row kernels can issue it from their loops. */
+static inline void amm_prefetch(const void *address) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(address, 0, 3);
+#else
+    (void)address;
+/* The same, for a line about to be written (its owner reads it in before the write). */
+static inline void amm_prefetch_for_write(const void *address) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(address, 1, 3);
+#else
+    (void)address;
+#endif
+}
+
+#endif
+}
+
+/* The same, for a line about to be written (its owner reads it in before the write). */
+static inline void amm_prefetch_for_write(const void *address) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(address, 1, 3);
+#else
+    (void)address;
+#endif
+}
+
 #endif
