@@ -3,6 +3,8 @@
 // amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
 //
 // Layout (one concern per target; each depends only on those above it):
+//   CVectorMath        a vector square root (IEEE, so the same bits on every build), which
+//                      Swift's SIMD types lack; header-only C.
 //   AMMSoftmaxMath     the mathematics: parameters and their domains, angles, the target logit,
 //                      mining and the negative logit, the vectorised exponential. No loops
 //                      over data, no pointers from outside.
@@ -42,9 +44,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-numerics", from: "1.1.1"),
     ],
     targets: [
+        .target(name: "CVectorMath"),
         .target(
             name: "AMMSoftmaxMath",
-            dependencies: [.product(name: "RealModule", package: "swift-numerics")]
+            dependencies: [.product(name: "RealModule", package: "swift-numerics"), "CVectorMath"]
         ),
         .target(
             name: "AMMSoftmaxKernels",
@@ -53,16 +56,17 @@ let package = Package(
         // -target-cpu names LLVM's CPU models: haswell and skylake-avx512 enable exactly the
         // instruction sets of x86-64-v3 and x86-64-v4 that compiled code uses (the extras they
         // carry, AES, RDRAND, CLWB and the like, are never generated from this code). The CPU
-        // check uses the x86-64-v3/v4 names.
+        // check uses the x86-64-v3/v4 names. -Xcc -march gives the same CPU to the C vector
+        // helpers (CVectorMath) that these modules compile inline.
         .target(
             name: "AMMKernelsAVX2",
             dependencies: ["AMMSoftmaxKernels", "AMMSoftmaxMath"],
-            swiftSettings: [.unsafeFlags(["-target-cpu", "haswell"])]
+            swiftSettings: [.unsafeFlags(["-target-cpu", "haswell", "-Xcc", "-march=haswell"])]
         ),
         .target(
             name: "AMMKernelsAVX512",
             dependencies: ["AMMSoftmaxKernels", "AMMSoftmaxMath"],
-            swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512"])]
+            swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512", "-Xcc", "-march=skylake-avx512"])]
         ),
         .target(name: "CPlatform", linkerSettings: [.linkedLibrary("dl")]),
         .target(

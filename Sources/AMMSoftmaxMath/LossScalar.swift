@@ -12,12 +12,13 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     /// e^x for every lane, with the accuracy documented in VectorExp.swift.
     static func vectorExp(_ x: Vector) -> Vector
 
-    /// sqrt(x) for every lane, x in [0, 1] (VectorSquareRoot.swift).
-    static func vectorRoot(_ x: Vector) -> Vector
-
-    /// sqrt(x) and 1/sqrt(x) for every lane, x in [0, 1]; the root is bit for bit that of
-    /// `vectorRoot`.
-    static func vectorRootAndReciprocalRoot(_ x: Vector) -> (root: Vector, reciprocal: Vector)
+    /// The amm negative logit g of every lane (c itself where c <= threshold), and with dg/dc:
+    /// NegativeLogit's arithmetic for the amm kind, in CVectorMath (see VectorAMMNegative.swift).
+    static func vectorAMMNegative(_ c: Vector, threshold: Self, cosT: Self, sinT: Self,
+                                  bound: Self) -> Vector
+    static func vectorAMMNegativeAndDerivative(_ c: Vector, threshold: Self, cosT: Self,
+                                               sinT: Self, bound: Self, ceiling: Self)
+        -> (value: Vector, derivative: Vector)
 
     /// For every lane: `ifTrue` where a > b, else `ifFalse`.
     static func vectorSelect(_ a: Vector, greaterThan b: Vector, _ ifTrue: Vector,

@@ -77,20 +77,16 @@ public struct NegativeLogit<T: LossScalar> {
     /// loops that have already found one in this vector. Branch-free but for the variant.
     @_transparent
     public func minedValues(_ c: T.Vector) -> T.Vector {
-        let g: T.Vector
         switch kind {
         case .amm:
-            let x = T.vectorClampUnit(c)
-            let sine = T.vectorRoot((1 - x) * (1 + x))
-            // theta <= t (x above the bound): g = cos(0) = 1.
-            g = T.vectorSelect(x, greaterThan: T.Vector(repeating: angleBound),
-                               T.Vector(repeating: 1), x * cosT + sine * sinT)
+            return T.vectorAMMNegative(c, threshold: threshold, cosT: cosT, sinT: sinT,
+                                       bound: angleBound)
         case .mvFixed, .mvAdaptive:
-            g = c * slope + offset
+            let g = c * T.Vector(repeating: slope) + T.Vector(repeating: offset)
+            return T.vectorSelect(c, greaterThan: T.Vector(repeating: threshold), g, c)
         case .none:
             return c
         }
-        return T.vectorSelect(c, greaterThan: T.Vector(repeating: threshold), g, c)
     }
 
     /// g and dg/dc for every lane, without the test for a hard lane: the same bits as
@@ -99,26 +95,19 @@ public struct NegativeLogit<T: LossScalar> {
     public func minedValuesAndDerivatives(_ c: T.Vector)
         -> (value: T.Vector, derivative: T.Vector)
     {
-        let one = T.Vector(repeating: 1)
-        let threshold = T.Vector(repeating: self.threshold)
-        let g: T.Vector, dg: T.Vector
         switch kind {
         case .amm:
-            let x = T.vectorClampUnit(c)
-            let (sine, reciprocal) = T.vectorRootAndReciprocalRoot((1 - x) * (1 + x))
-            let bound = T.Vector(repeating: angleBound)
-            g = T.vectorSelect(x, greaterThan: bound, one, x * cosT + sine * sinT)
-            // 1 / max(sin(theta), 1e-7) = min(1 / sin(theta), 1e7); theta <= t: dg = 0.
-            let ceiling = T.Vector(repeating: T(1 / Angles.sinFloor))
-            let inverseSine = T.vectorSelect(reciprocal, greaterThan: ceiling, ceiling, reciprocal)
-            dg = T.vectorSelect(x, greaterThan: bound, T.Vector(), cosT - sinT * x * inverseSine)
+            return T.vectorAMMNegativeAndDerivative(
+                c, threshold: threshold, cosT: cosT, sinT: sinT, bound: angleBound,
+                ceiling: T(1 / Angles.sinFloor))
         case .mvFixed, .mvAdaptive:
-            g = c * slope + offset
-            dg = T.Vector(repeating: slope)
+            let threshold = T.Vector(repeating: self.threshold)
+            let g = c * T.Vector(repeating: slope) + T.Vector(repeating: offset)
+            return (T.vectorSelect(c, greaterThan: threshold, g, c),
+                    T.vectorSelect(c, greaterThan: threshold, T.Vector(repeating: slope),
+                                   T.Vector(repeating: 1)))
         case .none:
-            return (c, one)
+            return (c, T.Vector(repeating: 1))
         }
-        return (T.vectorSelect(c, greaterThan: threshold, g, c),
-                T.vectorSelect(c, greaterThan: threshold, dg, one))
     }
 }

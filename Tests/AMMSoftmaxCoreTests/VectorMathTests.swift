@@ -2,7 +2,8 @@ import Foundation
 import Testing
 @testable import AMMSoftmaxCore
 
-/// The vectorised exponential and square root against the C library, in units in the last place.
+/// The vectorised exponential against the C library, in units in the last place, and the amm
+/// negative logit of a vector against its formula in Double.
 @Suite("Vector math accuracy")
 struct VectorMathTests {
     static func ulps(_ a: Float, _ b: Float) -> Int {
@@ -47,44 +48,61 @@ struct VectorMathTests {
         #expect(Double.vectorExp(SIMD8<Double>(repeating: -.infinity)) == .zero)
     }
 
-    /// sqrt and 1/sqrt on [0, 1]: within 2 ulp of the correctly rounded values (computed in
-    /// Double for Float), exactly 0 at 0.
-    @Test func squareRoots() {
+    /// The amm negative logit of a vector (CVectorMath) against the formula in Double, with the
+    /// same rounded constants: cosines past +-1 (clamped), at +-1 (the 1e-7 floor on
+    /// sin(theta)), around the threshold and around theta = t; and the value alone is bit for
+    /// bit the value computed with the derivative (the forward and gradient passes must see the
+    /// same logits).
+    @Test func ammNegativeAgreesWithDouble() {
         var rng = SeededGenerator(seed: 3)
-        var worstF = (root: 0, reciprocal: 0), worstD = (root: 0, reciprocal: 0)
-        for round in 0..<(1 << 16) {
-            var xs = (0..<16).map { _ in Float.random(in: 0...1, using: &rng) }
-            if round == 0 { xs[0] = 1; xs[1] = Float.leastNormalMagnitude; xs[2] = 1e-20 }
-            let (r, y) = Float.vectorRootAndReciprocalRoot(SIMD16<Float>(xs))
-            for k in 0..<16 where xs[k] > 0 {
-                worstF.root = max(worstF.root, Self.ulps(r[k], Float(Double(xs[k]).squareRoot())))
-                worstF.reciprocal = max(worstF.reciprocal,
-                                        Self.ulps(y[k], Float(1 / Double(xs[k]).squareRoot())))
+        var worstF = (g: 0.0, dg: 0.0), worstD = (g: 0.0, dg: 0.0)
+        func expected(_ c: Double, cosT: Double, sinT: Double, bound: Double,
+                      threshold: Double) -> (g: Double, dg: Double) {
+            guard c > threshold else { return (c, 1) }
+            let x = min(max(c, -1), 1)
+            if x > bound { return (1, 0) }
+            let sine = ((1 - x) * (1 + x)).squareRoot()
+            return (x * cosT + sine * sinT, cosT - sinT * x / max(sine, 1e-7))
+        }
+        for round in 0..<(1 << 14) {
+            let t = Double.random(in: 0...1.5, using: &rng)
+            let threshold = Double.random(in: -1...1, using: &rng)
+            var cs = (0..<16).map { _ in Double.random(in: -1.2...1.2, using: &rng) }
+            if round == 0 { cs[0] = 1; cs[1] = -1; cs[2] = Foundation.cos(t); cs[3] = 1.1 }
+            // Float
+            let (cosF, sinF) = (Float(Foundation.cos(t)), Float(Foundation.sin(t)))
+            let boundF = Float.largest(below: Foundation.cos(t)), thF = Float(threshold)
+            let cf = SIMD16<Float>(cs.map { Float($0) })
+            let (g, dg) = Float.vectorAMMNegativeAndDerivative(
+                cf, threshold: thF, cosT: cosF, sinT: sinF, bound: boundF, ceiling: 1e7)
+            #expect(Float.vectorAMMNegative(cf, threshold: thF, cosT: cosF, sinT: sinF,
+                                            bound: boundF) == g)
+            for k in 0..<16 {
+                let e = expected(Double(cf[k]), cosT: Double(cosF), sinT: Double(sinF),
+                                 bound: Double(boundF), threshold: Double(thF))
+                worstF.g = max(worstF.g, abs(Double(g[k]) - e.g))
+                worstF.dg = max(worstF.dg, abs(Double(dg[k]) - e.dg) / max(1, abs(e.dg)))
             }
-            let xd = (0..<8).map { _ in Double.random(in: 0...1, using: &rng) }
-            let (rd, yd) = Double.vectorRootAndReciprocalRoot(SIMD8<Double>(xd))
-            for k in 0..<8 where xd[k] > 0 {
-                worstD.root = max(worstD.root, Self.ulps(rd[k], xd[k].squareRoot()))
-                worstD.reciprocal = max(worstD.reciprocal, Self.ulps(yd[k], 1 / xd[k].squareRoot()))
+            // Double
+            let (cosD, sinD) = (Foundation.cos(t), Foundation.sin(t))
+            let boundD = Double.largest(below: cosD)
+            for half in 0..<2 {
+                let cd = SIMD8<Double>(cs[(half * 8)..<(half * 8 + 8)])
+                let (gd, dgd) = Double.vectorAMMNegativeAndDerivative(
+                    cd, threshold: threshold, cosT: cosD, sinT: sinD, bound: boundD,
+                    ceiling: 1 / Angles.sinFloor)
+                #expect(Double.vectorAMMNegative(cd, threshold: threshold, cosT: cosD,
+                                                 sinT: sinD, bound: boundD) == gd)
+                for k in 0..<8 {
+                    let e = expected(cd[k], cosT: cosD, sinT: sinD, bound: boundD,
+                                     threshold: threshold)
+                    worstD.g = max(worstD.g, abs(gd[k] - e.g))
+                    worstD.dg = max(worstD.dg, abs(dgd[k] - e.dg) / max(1, abs(e.dg)))
+                }
             }
         }
-        #expect(worstF.root <= 2 && worstF.reciprocal <= 2, "Float \(worstF)")
-        #expect(worstD.root <= 2 && worstD.reciprocal <= 2, "Double \(worstD)")
-        #expect(Float.vectorRootAndReciprocalRoot(SIMD16<Float>()).root == .zero)
-        #expect(Double.vectorRootAndReciprocalRoot(SIMD8<Double>()).root == .zero)
-    }
-}
-
-extension VectorMathTests {
-    /// The root alone and the root with its reciprocal agree bit for bit (the two passes of the
-    /// kernels must see the same logits).
-    @Test func rootAloneMatchesRootWithReciprocal() {
-        var rng = SeededGenerator(seed: 4)
-        for _ in 0..<4096 {
-            let xf = SIMD16<Float>((0..<16).map { _ in Float.random(in: 0...1, using: &rng) })
-            #expect(Float.vectorRoot(xf) == Float.vectorRootAndReciprocalRoot(xf).root)
-            let xd = SIMD8<Double>((0..<8).map { _ in Double.random(in: 0...1, using: &rng) })
-            #expect(Double.vectorRoot(xd) == Double.vectorRootAndReciprocalRoot(xd).root)
-        }
+        // g in [-1, 1]: a few ulp of 1; dg relative to max(1, |dg|) (it reaches 1e7 sin t).
+        #expect(worstF.g <= 4e-7 && worstF.dg <= 4e-7, "Float \(worstF)")
+        #expect(worstD.g <= 1e-15 && worstD.dg <= 1e-15, "Double \(worstD)")
     }
 }

@@ -1,0 +1,71 @@
+/* Vector arithmetic the row kernels need and Swift's SIMD types do not give reliably.
+ *
+ * Swift's SIMD arithmetic is written as loops over the lanes, which LLVM has to turn back into
+ * vector instructions; in the amm kernels it often did so only in part (scalar and 128-bit
+ * pieces, at half speed or worse), and Swift's squareRoot() on a vector calls the C library's
+ * sqrtf lane by lane. Here the same arithmetic is written with clang's vector extensions, which
+ * are vector instructions by construction: an IEEE square root (sqrtps / vsqrtps) and the amm
+ * re-weighting of hard negatives.
+ *
+ * Bits: every operation is an IEEE operation on each lane (+, -, *, /, sqrt, comparisons and
+ * selections), and contraction into fused multiply-adds is switched off below, so every
+ * instruction set computes the same bits. The functions are inline, in this header, so that
+ * each kernel build (baseline x86-64, AVX2, AVX-512) generates them with its own CPU flags.
+ * Internal to the library; not part of the C API. */
+#ifndef AMM_VECTOR_MATH_H
+#define AMM_VECTOR_MATH_H
+
+#pragma STDC FP_CONTRACT OFF
+#pragma clang fp contract(off)
+
+typedef float amm_f32x16 __attribute__((ext_vector_type(16)));
+typedef int amm_i32x16 __attribute__((ext_vector_type(16)));
+typedef double amm_f64x8 __attribute__((ext_vector_type(8)));
+typedef long amm_i64x8 __attribute__((ext_vector_type(8)));
+
+#define AMM_INLINE static inline __attribute__((always_inline))
+
+AMM_INLINE amm_f32x16 amm_sqrt_f32x16(amm_f32x16 x) { return __builtin_elementwise_sqrt(x); }
+AMM_INLINE amm_f64x8 amm_sqrt_f64x8(amm_f64x8 x) { return __builtin_elementwise_sqrt(x); }
+
+/* mask ? a : b, for a mask of comparison results (all bits set or clear in each lane). */
+#define AMM_SELECT(V, I, mask, a, b) ((V)(((I)(a) & (mask)) | ((I)(b) & ~(mask))))
+
+/* The negative logit g and dg/dc of FORMULATION.md ("Negative logit", amm kind) for a vector
+ * of cosines c: lanes with c > threshold are hard, g = cos(theta - t) with theta the angle of
+ * the clamped cosine x (= x cos t + sin(theta) sin t; 1 where theta <= t, that is where
+ * x > bound) and dg = cos t - sin t x / max(sin(theta), 1e-7) (0 where theta <= t); easy lanes
+ * give g = c, dg = 1. `ceiling` is 1 / 1e-7 as the caller's type rounds it. The pair goes
+ * out through two pointers to one vector each (a struct of vectors does not import into
+ * Swift); inlined, the copies vanish. */
+#define AMM_DEFINE_AMM_NEGATIVE(SUFFIX, V, I, S)                                                 \
+AMM_INLINE V amm_amm_negative_##SUFFIX(V c, S threshold, S cos_t, S sin_t, S bound) {            \
+    const V one = (V)(1), minus_one = (V)(-1);                                                   \
+    V x = AMM_SELECT(V, I, c > one, one, c);                                                     \
+    x = AMM_SELECT(V, I, minus_one > x, minus_one, x);                                           \
+    const V sine = __builtin_elementwise_sqrt((one - x) * (one + x));                            \
+    const V g = AMM_SELECT(V, I, x > (V)(bound), one, x * (V)(cos_t) + sine * (V)(sin_t));      \
+    return AMM_SELECT(V, I, c > (V)(threshold), g, c);                                           \
+}                                                                                                \
+AMM_INLINE void amm_amm_negative_and_derivative_##SUFFIX(V c, S threshold, S cos_t, S sin_t,    \
+                                                          S bound, S ceiling_, void *value,      \
+                                                          void *derivative) {                    \
+    const V one = (V)(1), minus_one = (V)(-1), zero = (V)(0), ceiling = (V)(ceiling_);         \
+    V x = AMM_SELECT(V, I, c > one, one, c);                                                     \
+    x = AMM_SELECT(V, I, minus_one > x, minus_one, x);                                           \
+    const V sine = __builtin_elementwise_sqrt((one - x) * (one + x));                            \
+    V inverse = one / sine;                                                                      \
+    inverse = AMM_SELECT(V, I, inverse > ceiling, ceiling, inverse);                             \
+    const I flat = x > (V)(bound);                                                               \
+    const V g = AMM_SELECT(V, I, flat, one, x * (V)(cos_t) + sine * (V)(sin_t));                \
+    const V dg = AMM_SELECT(V, I, flat, zero, (V)(cos_t) - (V)(sin_t) * x * inverse);           \
+    const I hard = c > (V)(threshold);                                                           \
+    const V value_ = AMM_SELECT(V, I, hard, g, c), derivative_ = AMM_SELECT(V, I, hard, dg, one); \
+    __builtin_memcpy(value, &value_, sizeof value_);  /* any alignment */                       \
+    __builtin_memcpy(derivative, &derivative_, sizeof derivative_);                              \
+}
+
+AMM_DEFINE_AMM_NEGATIVE(f32x16, amm_f32x16, amm_i32x16, float)
+AMM_DEFINE_AMM_NEGATIVE(f64x8, amm_f64x8, amm_i64x8, double)
+
+#endif
