@@ -41,6 +41,12 @@ public struct RowAccumulator<T: LossScalar> {
     }
 
     @usableFromInline var _hard = 0
+    /// Whether most vectors of the last block held a hard negative: the next block then goes
+    /// through the mining arithmetic whole, in one loop (`mineEveryVector`), instead of a
+    /// first loop that assumes easy negatives and a second over the list of hard vectors.
+    /// Either way gives the same bits: an easy lane comes out of the mining arithmetic as s c
+    /// and dg/dc = 1.
+    @usableFromInline var _dense = false
 
     @inlinable @inline(__always)
     static var width: Int { T.Vector.scalarCount }
@@ -52,7 +58,9 @@ public struct RowAccumulator<T: LossScalar> {
     ///     is not in this block. It is not a negative: it contributes nothing (0 in `buffer`).
     ///   - buffer: `count` values of scratch; with `slopes`, left holding e_j dg/dc_j (0 at the
     ///     target).
-    ///   - slopes: nil for the loss alone; else scratch for `count` values (dg/dc).
+    ///   - slopes: nil for the loss alone; else scratch for dg/dc: `count` values rounded up
+    ///     to a whole vector (the last, partial vector is stored whole; RowKernel.blockSize
+    ///     values always suffice).
     /// - Returns: the reference the block's exponentials are relative to.
     @inlinable
     public mutating func add(
@@ -79,6 +87,7 @@ public struct RowAccumulator<T: LossScalar> {
             let mined = list.baseAddress!
             var minedCount = 0
             var poison = T.Vector()
+            var wholeMax: T.Vector? = nil  // the whole vectors' maximum, when a loop took it
             var j = 0
             // The next block's cosines are requested a block ahead (one line a vector): the
             // forward pass ran 8% faster than with the hardware prefetcher alone.
@@ -91,6 +100,15 @@ public struct RowAccumulator<T: LossScalar> {
                     K.store(c * scales, buffer + j)
                     j &+= width
                 }
+            } else if _dense {
+                let (flagged, blockPoison, largest) = Self.mineEveryVector(
+                    negatives, scales: scales, cosines: cosines, count: whole, logits: buffer,
+                    slopes: slopes)
+                poison += blockPoison
+                wholeMax = largest
+                _dense = 4 * flagged >= 3 * (whole / width)
+                minedCount = -1  // every vector: `exponentiate` applies every slope
+                j = whole
             } else {
                 let threshold = T.Vector(repeating: negatives.threshold)
                 while j < whole {
@@ -107,6 +125,7 @@ public struct RowAccumulator<T: LossScalar> {
                     Self.applyMining(negatives, scales: scales, cosines: cosines, vectors: mined,
                                      count: minedCount, logits: buffer, slopes: slopes)
                 }
+                _dense = 4 * minedCount >= 3 * (whole / width)
             }
             // The partial last vector stays in registers, padded with -inf.
             var tail = T.Vector(repeating: -T.infinity)
@@ -130,10 +149,14 @@ public struct RowAccumulator<T: LossScalar> {
                 else { tail[target - whole] = -T.infinity }
             }
             var blockMax = tail
-            j = 0
-            while j < whole {
-                blockMax = T.vectorMaximum(blockMax, K.load(buffer + j))
-                j += width
+            if let wholeMax, !(target >= 0 && target < whole) {
+                blockMax = T.vectorMaximum(blockMax, wholeMax)
+            } else {
+                j = 0
+                while j < whole {
+                    blockMax = T.vectorMaximum(blockMax, K.load(buffer + j))
+                    j += width
+                }
             }
             return exponentiate(count: count, whole: whole, blockMax: blockMax, tail: tail,
                                 buffer: buffer, slopes: slopes, mined: mined,
@@ -207,8 +230,15 @@ public struct RowAccumulator<T: LossScalar> {
                 K.store(e, buffer + k)
                 k += width
             }
-            // dg/dc is 1 but in the vectors holding a hard negative.
-            for m in 0..<minedCount {
+            // dg/dc is 1 but in the vectors holding a hard negative (all of them: -1).
+            if minedCount < 0 {
+                k = 0
+                while k < whole {
+                    K.store(K.load(buffer + k) * K.load(slopes! + k), buffer + k)
+                    k &+= width
+                }
+            }
+            for m in 0..<Swift.max(minedCount, 0) {
                 let j = mined[m]
                 K.store(K.load(buffer + j) * K.load(slopes! + j), buffer + j)
             }
@@ -248,5 +278,51 @@ public struct RowAccumulator<T: LossScalar> {
                 K.store(negatives.minedValues(K.load(cosines + j)) * scales, logits + j)
             }
         }
+    }
+
+    /// The dense form of step 1: every whole vector (`count` values) through the mining
+    /// arithmetic, logits into `logits` and, with `slopes`, dg/dc into `slopes`. Returns how
+    /// many vectors held a hard negative, the NaN check's sum, and the logits' lane-wise
+    /// maximum (the block's maximum without a pass of its own, unless the target is among
+    /// them).
+    @inlinable @inline(never)
+    static func mineEveryVector(
+        _ negatives: NegativeLogit<T>, scales: T.Vector, cosines: UnsafePointer<T>, count: Int,
+        logits: UnsafeMutablePointer<T>, slopes: UnsafeMutablePointer<T>?
+    ) -> (flagged: Int, poison: T.Vector, maximum: T.Vector) {
+        typealias K = RowKernel<T>
+        let width = T.Vector.scalarCount
+        let threshold = T.Vector(repeating: negatives.threshold)
+        var flagged = 0
+        var poison = T.Vector()
+        var maximum = T.Vector(repeating: -T.infinity)
+        var j = 0
+        if let slopes {
+            while j < count {
+                amm_prefetch(cosines + j + K.blockSize)
+                amm_prefetch_for_write(logits + j + K.blockSize)
+                let c = K.load(cosines + j)
+                poison += c - c
+                flagged &+= T.vectorAny(c, greaterThan: threshold) ? 1 : 0
+                let (g, dg) = negatives.minedValuesAndDerivatives(c)
+                let z = g * scales
+                maximum = T.vectorMaximum(maximum, z)
+                K.store(z, logits + j)
+                K.store(dg, slopes + j)
+                j &+= width
+            }
+        } else {
+            while j < count {
+                amm_prefetch(cosines + j + K.blockSize)
+                let c = K.load(cosines + j)
+                poison += c - c
+                flagged &+= T.vectorAny(c, greaterThan: threshold) ? 1 : 0
+                let z = negatives.minedValues(c) * scales
+                maximum = T.vectorMaximum(maximum, z)
+                K.store(z, logits + j)
+                j &+= width
+            }
+        }
+        return (flagged, poison, maximum)
     }
 }

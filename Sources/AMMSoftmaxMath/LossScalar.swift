@@ -1,3 +1,4 @@
+import CVectorMath
 import RealModule
 
 /// The element types the kernels compute in: Float and Double. One generic implementation
@@ -44,7 +45,7 @@ extension Float: LossScalar {
 
     @inlinable @inline(__always)
     public static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool {
-        any(a .> b)
+        amm_any_greater_f32x16(a, b) != 0
     }
 }
 
@@ -59,7 +60,7 @@ extension Double: LossScalar {
 
     @inlinable @inline(__always)
     public static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool {
-        any(a .> b)
+        amm_any_greater_f64x8(a, b) != 0
     }
 }
 

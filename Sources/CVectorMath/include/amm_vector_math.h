@@ -28,6 +28,14 @@ typedef long amm_i64x8 __attribute__((ext_vector_type(8)));
 AMM_INLINE amm_f32x16 amm_sqrt_f32x16(amm_f32x16 x) { return __builtin_elementwise_sqrt(x); }
 AMM_INLINE amm_f64x8 amm_sqrt_f64x8(amm_f64x8 x) { return __builtin_elementwise_sqrt(x); }
 
+/* Whether a > b in some lane. */
+AMM_INLINE int amm_any_greater_f32x16(amm_f32x16 a, amm_f32x16 b) {
+    return __builtin_reduce_or(a > b) != 0;
+}
+AMM_INLINE int amm_any_greater_f64x8(amm_f64x8 a, amm_f64x8 b) {
+    return __builtin_reduce_or(a > b) != 0;
+}
+
 /* mask ? a : b, for a mask of comparison results (all bits set or clear in each lane). */
 #define AMM_SELECT(V, I, mask, a, b) ((V)(((I)(a) & (mask)) | ((I)(b) & ~(mask))))
 
