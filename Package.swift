@@ -3,8 +3,9 @@
 // amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
 //
 // Layout (one concern per target; each depends only on those above it):
-//   CVectorMath        a vector square root (IEEE, so the same bits on every build), which
-//                      Swift's SIMD types lack; header-only C.
+//   CVectorMath        the amm mining arithmetic and "any lane greater" in clang's vector
+//                      extensions (IEEE operations, no contraction: the same bits on every
+//                      build), where Swift's SIMD code vectorised unreliably; header-only C.
 //   AMMSoftmaxMath     the mathematics: parameters and their domains, angles, the target logit,
 //                      mining and the negative logit, the vectorised exponential. No loops
 //                      over data, no pointers from outside.

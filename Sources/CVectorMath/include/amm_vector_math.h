@@ -4,8 +4,8 @@
  * vector instructions; in the amm kernels it often did so only in part (scalar and 128-bit
  * pieces, at half speed or worse), and Swift's squareRoot() on a vector calls the C library's
  * sqrtf lane by lane. Here the same arithmetic is written with clang's vector extensions, which
- * are vector instructions by construction: an IEEE square root (sqrtps / vsqrtps) and the amm
- * re-weighting of hard negatives.
+ * are vector instructions by construction: the amm re-weighting of hard negatives (with an IEEE
+ * square root, sqrtps / vsqrtps, and a division) and "is any lane greater".
  *
  * Bits: every operation is an IEEE operation on each lane (+, -, *, /, sqrt, comparisons and
  * selections), and contraction into fused multiply-adds is switched off below, so every
@@ -24,9 +24,6 @@ typedef double amm_f64x8 __attribute__((ext_vector_type(8)));
 typedef long amm_i64x8 __attribute__((ext_vector_type(8)));
 
 #define AMM_INLINE static inline __attribute__((always_inline))
-
-AMM_INLINE amm_f32x16 amm_sqrt_f32x16(amm_f32x16 x) { return __builtin_elementwise_sqrt(x); }
-AMM_INLINE amm_f64x8 amm_sqrt_f64x8(amm_f64x8 x) { return __builtin_elementwise_sqrt(x); }
 
 /* Whether a > b in some lane. */
 AMM_INLINE int amm_any_greater_f32x16(amm_f32x16 a, amm_f32x16 b) {
