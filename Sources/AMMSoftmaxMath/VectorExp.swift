@@ -7,7 +7,7 @@
 /// the low bits of the sum.
 ///
 /// Accuracy, measured against the correctly rounded value over [-87, 0] (Float) and
-/// [-708, 0] (Double) by the tests: at most 2 ulp for Float (Cephes's degree-7 polynomial),
+/// [-708, 0] (Double) by the tests: at most 2 ulp for Float (a degree-6 polynomial),
 /// at most 1 ulp for Double (Taylor to degree 13). Domain: results below the smallest normal
 /// number (x < -87.33 for Float, x < -708.39 for Double, and x = -infinity) are flushed to +0;
 /// x must not exceed 88.7 (Float) or 709.7 (Double), which the kernels guarantee since they
@@ -26,11 +26,13 @@ extension Float {
         let t = x * log2e + magic
         let k = t - magic  // round(x / ln 2), exact
         let r = (x - k * ln2hi) - k * ln2lo
-        var p = r * Float(1.9875691500e-4) + Float(1.3981999507e-3)
-        p = p * r + Float(8.3334519073e-3)
-        p = p * r + Float(4.1665795894e-2)
-        p = p * r + Float(1.6666665459e-1)
-        p = p * r + Float(5.0000001201e-1)
+        // e^r = 1 + r + r^2 q(r), q of degree 4 fitted to the relative error of e^r on
+        // |r| <= ln(2)/2 (largest 7.3e-9, an eighth of an ulp): one Horner step fewer than
+        // Cephes's degree-7 polynomial (5% off the forward pass), still within 2 ulp.
+        var p = r * Float(1.3903069775551558e-3) + Float(8.366229012608528e-3)
+        p = p * r + Float(4.1666775941848755e-2)
+        p = p * r + Float(1.666654348373413e-1)
+        p = p * r + Float(0.5)
         let er = p * (r * r) + r + 1
         // 2^k: k sits in the low mantissa bits of t (t = 1.5 * 2^23 + k).
         let kBits = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
