@@ -230,12 +230,14 @@ public enum HeadKernel {
             statistics.withUnsafeBufferPointer { rows in
                 RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
                     let segment = block + i * count
-                    guard var st = rows[i] else {
+                    guard let st = rows[i] else {
                         segment.update(repeating: 0, count: count)
                         return true
                     }
-                    kernels.segment(segment, count, Int(labels![i]) - start, &st, rowFactor,
-                                    segment)
+                    withUnsafePointer(to: st) {
+                        kernels.segment(segment, count, Int(labels![i]) - start, $0, rowFactor,
+                                        segment)
+                    }
                     return true
                 }
             }
