@@ -20,15 +20,6 @@ static inline void amm_prefetch(const void *address) {
     __builtin_prefetch(address, 0, 3);
 #else
     (void)address;
-/* The same, for a line about to be written (its owner reads it in before the write). */
-static inline void amm_prefetch_for_write(const void *address) {
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(address, 1, 3);
-#else
-    (void)address;
-#endif
-}
-
 #endif
 }
 
