@@ -3,9 +3,10 @@
 // amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
 //
 // Layout (one concern per target; each depends only on those above it):
-//   CVectorMath        the amm mining arithmetic and "any lane greater" in clang's vector
-//                      extensions (IEEE operations, no contraction: the same bits on every
-//                      build), where Swift's SIMD code vectorised unreliably; header-only C.
+//   CVectorMath        the exponential, the amm mining arithmetic and "any lane greater" in
+//                      clang's vector extensions (IEEE operations, fused multiply-adds named
+//                      where the CPU has them: the same bits on the AVX2 and AVX-512 builds),
+//                      where Swift's SIMD code vectorised unreliably; header-only C.
 //   AMMSoftmaxMath     the mathematics: parameters and their domains, angles, the target logit,
 //                      mining and the negative logit, the vectorised exponential. No loops
 //                      over data, no pointers from outside.
@@ -87,9 +88,16 @@ let package = Package(
             name: "AMMSoftmax",
             dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CAMMSoftmax"]
         ),
+        // The vector arithmetic as the AVX2 and AVX-512 builds compile it (with FMA), for the
+        // accuracy tests; a test-only target.
+        .target(
+            name: "CVectorMathWithFMA", dependencies: ["CVectorMath"],
+            path: "Tests/CVectorMathWithFMA",
+            cSettings: [.unsafeFlags(["-march=haswell", "-Wno-psabi"])]
+        ),
         .testTarget(
             name: "AMMSoftmaxCoreTests",
-            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CVectorMathWithFMA", "CPlatform"]
         ),
         .testTarget(
             name: "AMMSoftmaxABITests",

@@ -155,7 +155,9 @@ const char *amm_version(void);
    or "portable" (any x86-64). The library picks the fastest that the CPU supports and that is
    installed beside it (libAMMSoftmaxAVX512.so, libAMMSoftmaxAVX2.so, optional), once per
    process; the environment variable AMM_SOFTMAX_KERNELS=portable|avx2|avx512 caps the choice.
-   Every build computes bitwise the same results. A static string: never free it. Thread-safe. */
+   "avx2" and "avx512" compute bitwise the same results; "portable", which has no fused
+   multiply-add, agrees with them to within rounding (the last bits of a value). A static
+   string: never free it. Thread-safe. */
 const char *amm_kernel_build(void);
 
 /* The message of the last failed call made on the calling thread, or "" if none has failed.

@@ -15,8 +15,9 @@ import Glibc
 /// The optional libraries are looked for in the folder of the image holding this code
 /// (libAMMSoftmax.so, for C and Python users). `AMM_SOFTMAX_KERNELS=portable|avx2|avx512` asks
 /// for a build; the request is granted only if the CPU supports it and the library is there,
-/// else the best available below it runs. Every build computes the same bits (fixed vector
-/// width, no fused multiply-add), so the choice changes speed only.
+/// else the best available below it runs. The AVX2 and AVX-512 builds compute the same bits
+/// (fixed vector width, the same fused multiply-adds); the portable build, without FMA, agrees
+/// with them to within rounding (python/tests/test_kernel_builds.py checks both).
 public enum KernelDispatch {
     /// The builds, fastest first.
     public enum Build: String, CaseIterable, Sendable {

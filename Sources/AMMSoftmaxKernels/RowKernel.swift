@@ -21,8 +21,9 @@ import RealModule
 ///
 /// Every function here is `@inlinable`, so that the modules built for wider instruction sets
 /// compile their own copy with their CPU flags. The vector width is fixed by `T.Vector`
-/// whatever the instruction set, and no fused multiply-add is used, so every build computes the
-/// same bits.
+/// whatever the instruction set, and the fused multiply-adds are named (CVectorMath), so the
+/// AVX2 and AVX-512 builds compute the same bits; the baseline build, without FMA, may differ
+/// from them in the last bits.
 ///
 /// Precision: logits, exponentials and gradients are computed in T; the target logit, the
 /// running sums and the row loss in Double. 1 - p_y is computed as (sum of negative

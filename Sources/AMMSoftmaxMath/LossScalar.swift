@@ -7,7 +7,8 @@ import RealModule
 public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Sendable {
     /// The vector the row kernels process: 64 bytes, one AVX-512 register, two AVX2 or four
     /// SSE registers. Fixing the width (rather than following the instruction set) keeps the
-    /// lane-wise arithmetic, and so every result bit, the same on every x86-64 machine.
+    /// lane-wise arithmetic and the order of every sum the same on every x86-64 machine (the
+    /// builds then differ only where FMA is missing; see CVectorMath).
     associatedtype Vector: SIMD where Vector.Scalar == Self
 
     /// e^x for every lane, with the accuracy documented in VectorExp.swift.

@@ -216,5 +216,6 @@ def library_version() -> str:
 
 def kernel_build() -> str:
     """The build of the row kernels in use: "avx512", "avx2" or "portable" (amm_kernel_build()).
-    Set AMM_SOFTMAX_KERNELS before the first call to cap it; results are the same bits."""
+    Set AMM_SOFTMAX_KERNELS before the first call to cap it. "avx2" and "avx512" give the
+    same bits; "portable" (no fused multiply-add) agrees with them to within rounding."""
     return L.load().amm_kernel_build().decode()

@@ -4,14 +4,18 @@
  * vector instructions; in the amm kernels it often did so only in part (scalar and 128-bit
  * pieces, at half speed or worse), and Swift's squareRoot() on a vector calls the C library's
  * sqrtf lane by lane. Here the same arithmetic is written with clang's vector extensions, which
- * are vector instructions by construction: the amm re-weighting of hard negatives (with an IEEE
- * square root, sqrtps / vsqrtps, and a division) and "is any lane greater".
+ * are vector instructions by construction: the exponential, the amm re-weighting of hard
+ * negatives (with an IEEE square root, sqrtps / vsqrtps, and a division) and "is any lane
+ * greater".
  *
- * Bits: every operation is an IEEE operation on each lane (+, -, *, /, sqrt, comparisons and
- * selections), and contraction into fused multiply-adds is switched off below, so every
- * instruction set computes the same bits. The functions are inline, in this header, so that
- * each kernel build (baseline x86-64, AVX2, AVX-512) generates them with its own CPU flags.
- * Internal to the library; not part of the C API. */
+ * Bits: every operation is an IEEE operation on each lane (+, -, *, /, sqrt, fused
+ * multiply-add, comparisons and selections). The compiler's contraction into fused
+ * multiply-adds is switched off below; instead AMM_MUL_ADD names each a * b + c that is fused
+ * where the CPU has FMA. So the builds with FMA (AVX2, AVX-512) compute the same bits as each
+ * other, and the baseline build (SSE2), which rounds the product first, may differ from them in
+ * the last bit. The functions are inline, in this header, so that each kernel build (baseline
+ * x86-64, AVX2, AVX-512) generates them with its own CPU flags. Internal to the library; not
+ * part of the C API. */
 #ifndef AMM_VECTOR_MATH_H
 #define AMM_VECTOR_MATH_H
 
@@ -36,6 +40,56 @@ AMM_INLINE int amm_any_greater_f64x8(amm_f64x8 a, amm_f64x8 b) {
 /* mask ? a : b, for a mask of comparison results (all bits set or clear in each lane). */
 #define AMM_SELECT(V, I, mask, a, b) ((V)(((I)(a) & (mask)) | ((I)(b) & ~(mask))))
 
+/* a * b + c: one fused multiply-add where the instruction set has it (the AVX2 and AVX-512
+ * builds), else a product and a sum. Written out wherever it is wanted, never contracted by the
+ * compiler, so that the builds with FMA compute the same bits as each other. */
+#if defined(__FMA__)
+#define AMM_MUL_ADD(a, b, c) __builtin_elementwise_fma((a), (b), (c))
+#else
+#define AMM_MUL_ADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* e^x (see VectorExp.swift for the method, domain and accuracy): the two polynomials and
+ * reductions of VectorExp.swift, with each a * b + c fused where the builds have FMA. */
+AMM_INLINE amm_f32x16 amm_exp_f32x16(amm_f32x16 x) {
+    typedef amm_f32x16 V;
+    const V t = AMM_MUL_ADD(x, (V)(1.44269504088896341f), (V)(12582912.0f));
+    const V k = t - (V)(12582912.0f);
+    const V r = AMM_MUL_ADD(k, (V)(2.12194440e-4f), AMM_MUL_ADD(k, (V)(-0.693359375f), x));
+    V p = AMM_MUL_ADD(r, (V)(1.3903069775551558e-3f), (V)(8.366229012608528e-3f));
+    p = AMM_MUL_ADD(p, r, (V)(4.1666775941848755e-2f));
+    p = AMM_MUL_ADD(p, r, (V)(1.666654348373413e-1f));
+    p = AMM_MUL_ADD(p, r, (V)(0.5f));
+    const V er = AMM_MUL_ADD(p, r * r, r) + (V)(1.0f);
+    const amm_i32x16 scale = (((amm_i32x16)t - 0x4B400000) + 127) << 23;
+    const V e = er * (V)scale;
+    return AMM_SELECT(V, amm_i32x16, x < (V)(-87.33654f), (V)(0.0f), e);
+}
+
+AMM_INLINE amm_f64x8 amm_exp_f64x8(amm_f64x8 x) {
+    typedef amm_f64x8 V;
+    const V t = AMM_MUL_ADD(x, (V)(1.4426950408889634074), (V)(6755399441055744.0));
+    const V k = t - (V)(6755399441055744.0);
+    const V r = AMM_MUL_ADD(k, (V)(-1.90821492927058770002e-10),
+                            AMM_MUL_ADD(k, (V)(-0.693147180369123816490), x));
+    /* Taylor series of e^r to r^13 / 13!: truncation below 2e-18 for |r| <= ln(2)/2. */
+    V p = AMM_MUL_ADD(r, (V)(1.0 / 6227020800.0), (V)(1.0 / 479001600.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 39916800.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 3628800.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 362880.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 40320.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 5040.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 720.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 120.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 24.0));
+    p = AMM_MUL_ADD(p, r, (V)(1.0 / 6.0));
+    p = AMM_MUL_ADD(p, r, (V)(0.5));
+    const V er = AMM_MUL_ADD(p, r * r, r) + (V)(1.0);
+    const amm_i64x8 scale = (((amm_i64x8)t - 0x4338000000000000L) + 1023) << 52;
+    const V e = er * (V)scale;
+    return AMM_SELECT(V, amm_i64x8, x < (V)(-708.3964185322641), (V)(0.0), e);
+}
+
 /* The negative logit g and dg/dc of FORMULATION.md ("Negative logit", amm kind) for a vector
  * of cosines c: lanes with c > threshold are hard, g = cos(theta - t) with theta the angle of
  * the clamped cosine x (= x cos t + sin(theta) sin t; 1 where theta <= t, that is where
@@ -49,7 +103,8 @@ AMM_INLINE V amm_amm_negative_##SUFFIX(V c, S threshold, S cos_t, S sin_t, S bou
     V x = AMM_SELECT(V, I, c > one, one, c);                                                     \
     x = AMM_SELECT(V, I, minus_one > x, minus_one, x);                                           \
     const V sine = __builtin_elementwise_sqrt((one - x) * (one + x));                            \
-    const V g = AMM_SELECT(V, I, x > (V)(bound), one, x * (V)(cos_t) + sine * (V)(sin_t));      \
+    const V g = AMM_SELECT(V, I, x > (V)(bound), one,                                            \
+                           AMM_MUL_ADD(x, (V)(cos_t), sine * (V)(sin_t)));                       \
     return AMM_SELECT(V, I, c > (V)(threshold), g, c);                                           \
 }                                                                                                \
 AMM_INLINE void amm_amm_negative_and_derivative_##SUFFIX(V c, S threshold, S cos_t, S sin_t,    \
@@ -62,8 +117,9 @@ AMM_INLINE void amm_amm_negative_and_derivative_##SUFFIX(V c, S threshold, S cos
     V inverse = one / sine;                                                                      \
     inverse = AMM_SELECT(V, I, inverse > ceiling, ceiling, inverse);                             \
     const I flat = x > (V)(bound);                                                               \
-    const V g = AMM_SELECT(V, I, flat, one, x * (V)(cos_t) + sine * (V)(sin_t));                \
-    const V dg = AMM_SELECT(V, I, flat, zero, (V)(cos_t) - (V)(sin_t) * x * inverse);           \
+    const V g = AMM_SELECT(V, I, flat, one, AMM_MUL_ADD(x, (V)(cos_t), sine * (V)(sin_t)));     \
+    const V dg = AMM_SELECT(V, I, flat, zero,                                                    \
+                            AMM_MUL_ADD(-((V)(sin_t) * x), inverse, (V)(cos_t)));                \
     const I hard = c > (V)(threshold);                                                           \
     const V value_ = AMM_SELECT(V, I, hard, g, c), derivative_ = AMM_SELECT(V, I, hard, dg, one); \
     __builtin_memcpy(value, &value_, sizeof value_);  /* any alignment */                       \
