@@ -88,16 +88,23 @@ let package = Package(
             name: "AMMSoftmax",
             dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CAMMSoftmax"]
         ),
-        // The vector arithmetic as the AVX2 and AVX-512 builds compile it (with FMA), for the
-        // accuracy tests; a test-only target.
+        // Test-only: the vector arithmetic (CVectorMath) compiled as the AVX2 and AVX-512
+        // kernel builds compile it, for the accuracy tests (one shared body,
+        // Tests/CVectorMathProbes).
         .target(
-            name: "CVectorMathWithFMA", dependencies: ["CVectorMath"],
-            path: "Tests/CVectorMathWithFMA",
+            name: "CVectorMathAVX2Probe", dependencies: ["CVectorMath"],
+            path: "Tests/CVectorMathAVX2Probe",
             cSettings: [.unsafeFlags(["-march=haswell", "-Wno-psabi"])]
+        ),
+        .target(
+            name: "CVectorMathAVX512Probe", dependencies: ["CVectorMath"],
+            path: "Tests/CVectorMathAVX512Probe",
+            cSettings: [.unsafeFlags(["-march=skylake-avx512"])]
         ),
         .testTarget(
             name: "AMMSoftmaxCoreTests",
-            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CVectorMathWithFMA", "CPlatform"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CVectorMathAVX2Probe",
+                           "CVectorMathAVX512Probe", "CPlatform"]
         ),
         .testTarget(
             name: "AMMSoftmaxABITests",

@@ -19,6 +19,10 @@
 #ifndef AMM_VECTOR_MATH_H
 #define AMM_VECTOR_MATH_H
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #pragma STDC FP_CONTRACT OFF
 #pragma clang fp contract(off)
 
@@ -61,8 +65,13 @@ AMM_INLINE amm_f32x16 amm_exp_f32x16(amm_f32x16 x) {
     p = AMM_MUL_ADD(p, r, (V)(1.666654348373413e-1f));
     p = AMM_MUL_ADD(p, r, (V)(0.5f));
     const V er = AMM_MUL_ADD(p, r * r, r) + (V)(1.0f);
+#if defined(__AVX512F__)
+    /* er * 2^k in one instruction (exact, as the product below is for normal results). */
+    const V e = (V)_mm512_scalef_ps((__m512)er, (__m512)k);
+#else
     const amm_i32x16 scale = (((amm_i32x16)t - 0x4B400000) + 127) << 23;
     const V e = er * (V)scale;
+#endif
     return AMM_SELECT(V, amm_i32x16, x < (V)(-87.33654f), (V)(0.0f), e);
 }
 
@@ -85,8 +94,12 @@ AMM_INLINE amm_f64x8 amm_exp_f64x8(amm_f64x8 x) {
     p = AMM_MUL_ADD(p, r, (V)(1.0 / 6.0));
     p = AMM_MUL_ADD(p, r, (V)(0.5));
     const V er = AMM_MUL_ADD(p, r * r, r) + (V)(1.0);
+#if defined(__AVX512F__)
+    const V e = (V)_mm512_scalef_pd((__m512d)er, (__m512d)k);
+#else
     const amm_i64x8 scale = (((amm_i64x8)t - 0x4338000000000000L) + 1023) << 52;
     const V e = er * (V)scale;
+#endif
     return AMM_SELECT(V, amm_i64x8, x < (V)(-708.3964185322641), (V)(0.0), e);
 }
 

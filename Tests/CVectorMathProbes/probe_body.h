@@ -1,10 +1,10 @@
-#include "amm_vector_math_fma.h"
-
+/* The probes' definitions (see probe_declarations.h), for the AMM_PROBE prefix of the including
+ * file, compiled with that target's CPU flags. */
 #include <string.h>
 
 #include "amm_vector_math.h"
 
-int amm_fma_compiled(void) {
+int AMM_PROBE(compiled_with_fma)(void) {
 #if defined(__FMA__)
     return 1;
 #else
@@ -12,7 +12,7 @@ int amm_fma_compiled(void) {
 #endif
 }
 
-void amm_fma_exp_f32(const float *x, float *out, long count) {
+void AMM_PROBE(exp_f32)(const float *x, float *out, long count) {
     for (long j = 0; j + 16 <= count; j += 16) {
         amm_f32x16 v, e;
         memcpy(&v, x + j, sizeof v);
@@ -21,7 +21,7 @@ void amm_fma_exp_f32(const float *x, float *out, long count) {
     }
 }
 
-void amm_fma_exp_f64(const double *x, double *out, long count) {
+void AMM_PROBE(exp_f64)(const double *x, double *out, long count) {
     for (long j = 0; j + 8 <= count; j += 8) {
         amm_f64x8 v, e;
         memcpy(&v, x + j, sizeof v);
@@ -42,5 +42,5 @@ void NAME(const S *c, long count, S threshold, S cos_t, S sin_t, S bound, S ceil
         memcpy(alone + j, &a, sizeof a);                                                         \
     }                                                                                            \
 }
-AMM_DEFINE_NEGATIVE_PROBE(f32x16, amm_fma_amm_negative_f32, amm_f32x16, float, 16)
-AMM_DEFINE_NEGATIVE_PROBE(f64x8, amm_fma_amm_negative_f64, amm_f64x8, double, 8)
+AMM_DEFINE_NEGATIVE_PROBE(f32x16, AMM_PROBE(amm_negative_f32), amm_f32x16, float, 16)
+AMM_DEFINE_NEGATIVE_PROBE(f64x8, AMM_PROBE(amm_negative_f64), amm_f64x8, double, 8)
