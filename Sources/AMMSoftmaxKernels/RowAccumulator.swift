@@ -164,6 +164,72 @@ public struct RowAccumulator<T: LossScalar> {
         }
     }
 
+    // MARK: One pass against the running reference
+
+    /// How far a stretch's largest logit may exceed the reference it was exponentiated against
+    /// in `addStretch`: e^40 = 2.4e17, so that the exponentials, their partial sums and
+    /// e_j dg/dc_j (|dg/dc| <= 1e7) stay far inside Float's range.
+    @inlinable @inline(__always)
+    static var headroom: T { 40 }
+
+    /// Adds `count` cosines (any number of blocks, none holding the target) in one pass, once
+    /// a reference r is known: each logit is exponentiated against r as soon as it is computed,
+    /// not against the maximum of its block, which `add` needs a pass to find. Afterwards r is
+    /// raised to the stretch's maximum if that is above it, rescaling the running sum. With
+    /// `weighted` (`count` values), e_j dg/dc_j is stored there, relative to r.
+    ///
+    /// Returns r, the reference of every exponential of the stretch; nil, with nothing changed,
+    /// if no reference is known yet or the stretch's largest logit exceeds r by more than
+    /// `headroom` (the caller then adds the stretch block by block).
+    ///
+    /// The loop is `T.exponentiateStretch` (CVectorMath, software-pipelined). The results agree
+    /// with `add` block by block to rounding: each exponential is the same number up to its
+    /// reference, and the sums run in another order.
+    @inlinable
+    public mutating func addStretch(
+        _ cosines: UnsafePointer<T>, count: Int, weighted: UnsafeMutablePointer<T>?
+    ) -> T? {
+        typealias K = RowKernel<T>
+        guard _reference > -T.infinity else { return nil }
+        let width = Self.width
+        let whole = count / width * width
+        let reference = _reference
+        var (poison, maximum, sum) = T.exponentiateStretch(
+            cosines, count: whole, scale: scale, reference: reference, negatives: negatives,
+            weighted: weighted)
+        if whole < count {  // the partial last vector, padded with -inf
+            let c = K.loadPartial(cosines + whole, count: count - whole)
+            poison += c - c
+            let (g, dg) = negatives.valuesAndDerivatives(c)
+            let full = g * scale
+            var z = T.Vector(repeating: -T.infinity)
+            for k in 0..<(count - whole) { z[k] = full[k] }
+            maximum = T.vectorMaximum(maximum, z)
+            let e = T.vectorExp(z - T.Vector(repeating: reference))
+            sum += Double(e.sum())
+            if let weighted {
+                let product = e * dg
+                for k in 0..<(count - whole) { weighted[whole + k] = product[k] }
+            }
+        }
+        var top = maximum[0]
+        for lane in 1..<width where maximum[lane] > top { top = maximum[lane] }
+        guard !(top - reference > Self.headroom) else { return nil }
+        if countsHardNegatives {
+            let threshold = negatives.threshold
+            var hard = 0
+            for j in 0..<count where cosines[j] > threshold { hard += 1 }
+            _hard += hard
+        }
+        _poison += poison
+        _sum += sum
+        if top > reference {
+            _sum *= Double.exp(Double(reference) - Double(top))
+            _reference = top
+        }
+        return reference
+    }
+
     /// Steps 2 and 3 of `add`: the reference, the block's exponentials and their sum.
     @inlinable @inline(__always)
     mutating func exponentiate(

@@ -87,8 +87,25 @@ public enum RowKernel<T: LossScalar> {
             let scratch = scratch.baseAddress!
             var start = 0
             var block = 0
+            var stretches = true
             while start < columns {
                 let count = Swift.min(blockSize, columns - start)
+                // Once the first block has set a reference, the blocks up to the target's (or
+                // to the end) go in one pass; the target's block, and a stretch whose logits
+                // rise too far above the reference, block by block.
+                if stretches, !(y >= start && y < start + count) {
+                    let end = y > start ? y / blockSize * blockSize : columns
+                    if let reference = accumulator.addStretch(
+                        row + start, count: end - start,
+                        weighted: weightedExponentials.map { $0 + start }) {
+                        let blocks = blockCount(columns: end - start)
+                        for b in block..<(block + blocks) { blockReferences?[b] = reference }
+                        start = end
+                        block += blocks
+                        continue
+                    }
+                    stretches = block == 0
+                }
                 let reference = accumulator.add(
                     row + start, count: count, target: y - start,
                     into: weightedExponentials.map { $0 + start } ?? scratch,

@@ -28,6 +28,12 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
 
     /// Whether a > b in some lane.
     static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool
+
+    /// The one-pass loop over a stretch of negatives (VectorExponentiateStretch.swift).
+    static func exponentiateStretch(
+        _ cosines: UnsafePointer<Self>, count: Int, scale: Self, reference: Self,
+        negatives: NegativeLogit<Self>, weighted: UnsafeMutablePointer<Self>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double)
 }
 
 // Comparisons and selections live on the concrete vector types, where they compile to single
@@ -48,6 +54,15 @@ extension Float: LossScalar {
     public static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool {
         amm_any_greater_f32x16(a, b) != 0
     }
+
+    @inlinable @inline(__always)
+    public static func exponentiateStretch(
+        _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
+        negatives: NegativeLogit<Float>, weighted: UnsafeMutablePointer<Float>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double) {
+        negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
+                                      weighted: weighted)
+    }
 }
 
 extension Double: LossScalar {
@@ -62,6 +77,15 @@ extension Double: LossScalar {
     @inlinable @inline(__always)
     public static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool {
         amm_any_greater_f64x8(a, b) != 0
+    }
+
+    @inlinable @inline(__always)
+    public static func exponentiateStretch(
+        _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
+        negatives: NegativeLogit<Double>, weighted: UnsafeMutablePointer<Double>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double) {
+        negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
+                                      weighted: weighted)
     }
 }
 

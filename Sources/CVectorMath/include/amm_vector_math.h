@@ -19,6 +19,12 @@
 #ifndef AMM_VECTOR_MATH_H
 #define AMM_VECTOR_MATH_H
 
+/* The helpers below pass 64-byte vectors to each other; the builds without AVX-512 would pass
+ * them in memory, were the helpers not all inlined. Clang warns of that ABI at every call,
+ * and does so when it generates code, after any push/pop of the diagnostic state: so the
+ * warning is off for the rest of the including file (these headers are the library's own). */
+#pragma clang diagnostic ignored "-Wpsabi"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif

@@ -1,0 +1,59 @@
+import CVectorMath
+
+/// The row kernels' one-pass loop over a stretch of negatives (CVectorMath,
+/// amm_exponentiate_stretch.h): logits z_j = s g(c_j) exponentiated against a reference known
+/// in advance, summed (in Double), their maximum, the NaN check, and e_j dg/dc_j stored when
+/// `weighted` is given. The loop is in C, software-pipelined; see the header for why and for
+/// the order of the sums. Each z_j and e_j is computed by the same operations as in
+/// `NegativeLogit.minedValues` and `vectorExp`, so the numbers agree with the two-pass way.
+extension NegativeLogit {
+    /// The variant as the C loop names it.
+    @inlinable
+    var miningKind: Int32 {
+        switch kind {
+        case .amm: return Int32(AMM_MINING_AMM)
+        case .mvFixed, .mvAdaptive: return Int32(AMM_MINING_LINEAR)
+        case .none: return Int32(AMM_MINING_NONE)
+        }
+    }
+}
+
+extension NegativeLogit where T == Float {
+    /// See the extension's comment. `count` must be a multiple of the vector width.
+    @inlinable
+    public func exponentiateStretch(
+        _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
+        weighted: UnsafeMutablePointer<Float>?
+    ) -> (poison: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double) {
+        var mining = amm_mining_f32(
+            kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
+            ceiling: Float(1 / Angles.sinFloor), slope: slope, offset: offset)
+        var out = amm_stretch_f32()
+        amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted, &out)
+        let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD16<Float>.self) }
+        let maximum = withUnsafeBytes(of: out.maximum) {
+            $0.loadUnaligned(as: SIMD16<Float>.self)
+        }
+        return (poison, maximum, out.sum)
+    }
+}
+
+extension NegativeLogit where T == Double {
+    /// See the extension's comment. `count` must be a multiple of the vector width.
+    @inlinable
+    public func exponentiateStretch(
+        _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
+        weighted: UnsafeMutablePointer<Double>?
+    ) -> (poison: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double) {
+        var mining = amm_mining_f64(
+            kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
+            ceiling: 1 / Angles.sinFloor, slope: slope, offset: offset)
+        var out = amm_stretch_f64()
+        amm_exponentiate_stretch_f64(cosines, count, scale, reference, &mining, weighted, &out)
+        let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD8<Double>.self) }
+        let maximum = withUnsafeBytes(of: out.maximum) {
+            $0.loadUnaligned(as: SIMD8<Double>.self)
+        }
+        return (poison, maximum, out.sum)
+    }
+}
