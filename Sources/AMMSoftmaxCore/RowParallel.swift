@@ -25,13 +25,16 @@ package enum RowParallel {
     /// Runs `body(row, worker)` for every row in [0, rows), on up to `threads` workers
     /// (0 = one per core). `body` returns false to stop its worker (used on the first error,
     /// since a worker's later rows all have larger indices). `worker` is in
-    /// [0, workerCount(rows:columns:threads:)).
+    /// [0, workerCount(rows:columns:threads:)). `finish(worker)`, if given, runs on each
+    /// worker's thread after its last row.
     package static func forEachRow(
-        rows: Int, columns: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool
+        rows: Int, columns: Int, threads: Int, _ body: (_ row: Int, _ worker: Int) -> Bool,
+        finish: ((_ worker: Int) -> Void)? = nil
     ) {
         let blocks = (rows + blockRows - 1) / blockRows
         let workers = workerCount(rows: rows, columns: columns, threads: threads)
         func work(_ worker: Int) {
+            defer { finish?(worker) }
             var block = worker
             while block < blocks {
                 let end = Swift.min(rows, (block + 1) * blockRows)

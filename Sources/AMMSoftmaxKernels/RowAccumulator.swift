@@ -187,16 +187,18 @@ public struct RowAccumulator<T: LossScalar> {
     /// reference, and the sums run in another order.
     @inlinable
     public mutating func addStretch(
-        _ cosines: UnsafePointer<T>, count: Int, weighted: UnsafeMutablePointer<T>?
+        _ cosines: UnsafePointer<T>, count: Int, weighted: UnsafeMutablePointer<T>?,
+        stream: UnsafeMutablePointer<GradientStream<T>>? = nil
     ) -> T? {
         typealias K = RowKernel<T>
         guard _reference > -T.infinity else { return nil }
         let width = Self.width
         let whole = count / width * width
         let reference = _reference
-        var (poison, maximum, sum) = T.exponentiateStretch(
+        var (poison, maximum, sum, copied) = T.exponentiateStretch(
             cosines, count: whole, scale: scale, reference: reference, negatives: negatives,
-            weighted: weighted)
+            weighted: weighted, copy: stream?.pointee.pending)
+        stream?.pointee.advance(by: copied)
         if whole < count {  // the partial last vector, padded with -inf
             let c = K.loadPartial(cosines + whole, count: count - whole)
             poison += c - c

@@ -67,13 +67,16 @@ public enum RowKernel<T: LossScalar> {
     ///     each block's r.
     ///   - countHardNegatives: whether to count the negatives mined as hard (statistics'
     ///     `hardNegatives`).
+    ///   - stream: a previous row's gradient being streamed out: a piece of it is copied after
+    ///     each block, and the rest at the end.
     /// - Returns: the row's statistics, or the first non-finite column.
     @inlinable
     public static func statistics(
         _ row: UnsafePointer<T>, columns: Int, label y: Int, parameters: LossParameters,
         weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?,
-        countHardNegatives: Bool = false
+        countHardNegatives: Bool = false, stream: UnsafeMutablePointer<GradientStream<T>>? = nil
     ) -> Result<RowStatistics<T>, NonFiniteValue> {
+        defer { stream?.pointee.finish() }
         let cy = row[y]
         guard cy.isFinite else { return .failure(firstNonFinite(row, columns: columns)) }
         let target = TargetLogit(cosine: Double(cy), kind: parameters.target,
@@ -97,7 +100,7 @@ public enum RowKernel<T: LossScalar> {
                     let end = y > start ? y / blockSize * blockSize : columns
                     if let reference = accumulator.addStretch(
                         row + start, count: end - start,
-                        weighted: weightedExponentials.map { $0 + start }) {
+                        weighted: weightedExponentials.map { $0 + start }, stream: stream) {
                         let blocks = blockCount(columns: end - start)
                         for b in block..<(block + blocks) { blockReferences?[b] = reference }
                         start = end
@@ -111,6 +114,7 @@ public enum RowKernel<T: LossScalar> {
                     into: weightedExponentials.map { $0 + start } ?? scratch,
                     slopes: weightedExponentials == nil ? nil : scratch)
                 blockReferences?[block] = reference
+                stream?.pointee.copyPiece()
                 start += count
                 block += 1
             }

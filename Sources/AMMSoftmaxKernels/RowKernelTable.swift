@@ -14,10 +14,11 @@ import AMMSoftmaxMath
 /// layouts agree.
 public struct RowKernelTable: @unchecked Sendable {  // immutable C function pointers
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
-    /// whether to count hard negatives, statistics out) -> -1, or the lowest non-finite column.
+    /// whether to count hard negatives, a GradientStream<T> to advance or nil, statistics out)
+    /// -> -1, or the lowest non-finite column.
     public typealias Statistics = @convention(c) (
         UnsafeRawPointer, Int, Int, UnsafeRawPointer, UnsafeMutableRawPointer?,
-        UnsafeMutableRawPointer?, Bool, UnsafeMutableRawPointer
+        UnsafeMutableRawPointer?, Bool, UnsafeMutableRawPointer?, UnsafeMutableRawPointer
     ) -> Int
     /// (columns, label, statistics, block references, upstream, gradient row).
     public typealias Gradient = @convention(c) (
@@ -85,9 +86,9 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
     public static func compiledHere() -> RowKernelTable {
         typealias K = RowKernelTable
         return RowKernelTable(
-            statisticsF32: { K.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            statisticsF32: { K.statistics(Float.self, $0, $1, $2, $3, $4, $5, $6, $7, $8) },
             gradientF32: { K.gradient(Float.self, $0, $1, $2, $3, $4, $5) },
-            statisticsF64: { K.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7) },
+            statisticsF64: { K.statistics(Double.self, $0, $1, $2, $3, $4, $5, $6, $7, $8) },
             gradientF64: { K.gradient(Double.self, $0, $1, $2, $3, $4, $5) },
             accumulateF32: { K.accumulate(Float.self, $0, $1, $2, $3, $4) },
             segmentF32: { K.segment(Float.self, $0, $1, $2, $3, $4, $5) },
@@ -106,14 +107,15 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
         _: T.Type, _ row: UnsafeRawPointer, _ columns: Int, _ label: Int,
         _ parameters: UnsafeRawPointer, _ weighted: UnsafeMutableRawPointer?,
         _ references: UnsafeMutableRawPointer?, _ countHard: Bool,
-        _ result: UnsafeMutableRawPointer
+        _ stream: UnsafeMutableRawPointer?, _ result: UnsafeMutableRawPointer
     ) -> Int {
         let outcome = RowKernel<T>.statistics(
             row.assumingMemoryBound(to: T.self), columns: columns, label: label,
             parameters: parameters.load(as: LossParameters.self),
             weightedExponentials: weighted?.assumingMemoryBound(to: T.self),
             blockReferences: references?.assumingMemoryBound(to: T.self),
-            countHardNegatives: countHard)
+            countHardNegatives: countHard,
+            stream: stream?.assumingMemoryBound(to: GradientStream<T>.self))
         switch outcome {
         case .success(let st):
             result.initializeMemory(as: RowStatistics<T>.self, to: st)

@@ -29,11 +29,16 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     /// Whether a > b in some lane.
     static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool
 
+    /// Stores v at p, 64-byte aligned, bypassing the cache (`amm_stream_f32x16`); call
+    /// `streamFence()` before the memory is handed over.
+    static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Self>)
+
     /// The one-pass loop over a stretch of negatives (VectorExponentiateStretch.swift).
     static func exponentiateStretch(
         _ cosines: UnsafePointer<Self>, count: Int, scale: Self, reference: Self,
-        negatives: NegativeLogit<Self>, weighted: UnsafeMutablePointer<Self>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double)
+        negatives: NegativeLogit<Self>, weighted: UnsafeMutablePointer<Self>?,
+        copy: StretchCopy<Self>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int)
 }
 
 // Comparisons and selections live on the concrete vector types, where they compile to single
@@ -58,10 +63,16 @@ extension Float: LossScalar {
     @inlinable @inline(__always)
     public static func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
-        negatives: NegativeLogit<Float>, weighted: UnsafeMutablePointer<Float>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double) {
+        negatives: NegativeLogit<Float>, weighted: UnsafeMutablePointer<Float>?,
+        copy: StretchCopy<Float>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
-                                      weighted: weighted)
+                                      weighted: weighted, copy: copy)
+    }
+
+    @inlinable @inline(__always)
+    public static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Float>) {
+        amm_stream_f32x16(p, v)
     }
 }
 
@@ -82,14 +93,24 @@ extension Double: LossScalar {
     @inlinable @inline(__always)
     public static func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
-        negatives: NegativeLogit<Double>, weighted: UnsafeMutablePointer<Double>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double) {
+        negatives: NegativeLogit<Double>, weighted: UnsafeMutablePointer<Double>?,
+        copy: StretchCopy<Double>?
+    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
-                                      weighted: weighted)
+                                      weighted: weighted, copy: copy)
+    }
+
+    @inlinable @inline(__always)
+    public static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Double>) {
+        amm_stream_f64x8(p, v)
     }
 }
 
 extension LossScalar {
+    /// Orders the streaming stores made so far before any later store (sfence).
+    @inlinable @inline(__always)
+    public static func streamFence() { amm_store_fence() }
+
     /// The lane-wise larger of a and b.
     @inlinable @inline(__always)
     public static func vectorMaximum(_ a: Vector, _ b: Vector) -> Vector {

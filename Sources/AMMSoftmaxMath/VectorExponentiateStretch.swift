@@ -6,6 +6,22 @@ import CVectorMath
 /// `weighted` is given. The loop is in C, software-pipelined; see the header for why and for
 /// the order of the sums. Each z_j and e_j is computed by the same operations as in
 /// `NegativeLogit.minedValues` and `vectorExp`, so the numbers agree with the two-pass way.
+/// Bytes the one-pass loop copies out while it runs: `count` elements from `from` to `to`,
+/// with streaming stores, four vectors an iteration (`to` 64-byte aligned); the loop reports how
+/// many it copied (a multiple of four vectors, at most `count`).
+public struct StretchCopy<T> {
+    public let from: UnsafePointer<T>
+    public let to: UnsafeMutablePointer<T>
+    public let count: Int
+
+    @inlinable
+    public init(from: UnsafePointer<T>, to: UnsafeMutablePointer<T>, count: Int) {
+        self.from = from
+        self.to = to
+        self.count = count
+    }
+}
+
 extension NegativeLogit {
     /// The variant as the C loop names it.
     @inlinable
@@ -23,18 +39,19 @@ extension NegativeLogit where T == Float {
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
-        weighted: UnsafeMutablePointer<Float>?
-    ) -> (poison: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double) {
+        weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy<Float>? = nil
+    ) -> (poison: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
         var mining = amm_mining_f32(
             kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
             ceiling: Float(1 / Angles.sinFloor), slope: slope, offset: offset)
         var out = amm_stretch_f32()
-        amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted, &out)
+        amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted,
+                                     copy?.from, copy?.to, copy?.count ?? 0, &out)
         let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD16<Float>.self) }
         let maximum = withUnsafeBytes(of: out.maximum) {
             $0.loadUnaligned(as: SIMD16<Float>.self)
         }
-        return (poison, maximum, out.sum)
+        return (poison, maximum, out.sum, out.copied)
     }
 }
 
@@ -43,17 +60,18 @@ extension NegativeLogit where T == Double {
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
-        weighted: UnsafeMutablePointer<Double>?
-    ) -> (poison: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double) {
+        weighted: UnsafeMutablePointer<Double>?, copy: StretchCopy<Double>? = nil
+    ) -> (poison: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double, copied: Int) {
         var mining = amm_mining_f64(
             kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
             ceiling: 1 / Angles.sinFloor, slope: slope, offset: offset)
         var out = amm_stretch_f64()
-        amm_exponentiate_stretch_f64(cosines, count, scale, reference, &mining, weighted, &out)
+        amm_exponentiate_stretch_f64(cosines, count, scale, reference, &mining, weighted,
+                                     copy?.from, copy?.to, copy?.count ?? 0, &out)
         let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD8<Double>.self) }
         let maximum = withUnsafeBytes(of: out.maximum) {
             $0.loadUnaligned(as: SIMD8<Double>.self)
         }
-        return (poison, maximum, out.sum)
+        return (poison, maximum, out.sum, out.copied)
     }
 }

@@ -44,11 +44,13 @@ typedef struct {
 typedef struct {
     float poison[16], maximum[16];
     double sum;
+    long copied;
 } amm_stretch_f32;
 
 typedef struct {
     double poison[8], maximum[8];
     double sum;
+    long copied;
 } amm_stretch_f64;
 
 #define AMM_DEFINE_STRETCH(SUFFIX, V, I, S, W, D2)                                               \
@@ -111,13 +113,14 @@ AMM_INLINE void amm_stretch_flush_##SUFFIX(V *sum, D2 *total) {                 
 /* The loop for one variant, with or without the gradient's numerators. */                      \
 AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S reference,         \
                                           const amm_mining_##SUFFIX *m, int kind, S *weighted,   \
+                                          const S *copy_from, S *copy_to, long copy_count,      \
                                           amm_stretch_##SUFFIX *out) {                           \
     const long width = sizeof(V) / sizeof(S), step = 4 * width, flushEvery = 16 * step;         \
     const V s = (V)(scale), shift = (V)(reference);                                              \
     V poison = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                            \
     D2 total = (D2)(0);                                                                          \
     V z0, z1, z2, z3, d0 = (V)(1), d1 = (V)(1), d2 = (V)(1), d3 = (V)(1);                         \
-    long j = 0;                                                                                  \
+    long j = 0, copied = 0;                                                                      \
     if (count >= step) {                                                                         \
         V c0 = amm_stretch_load_##SUFFIX(c), c1 = amm_stretch_load_##SUFFIX(c + width);          \
         V c2 = amm_stretch_load_##SUFFIX(c + 2 * width);                                         \
@@ -148,6 +151,13 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
                 amm_stretch_logits4_##SUFFIX(cs, m, kind, s, ys, weighted ? hs : 0);             \
                 y0 = ys[0]; y1 = ys[1]; y2 = ys[2]; y3 = ys[3];                                  \
                 if (weighted) { h0 = hs[0]; h1 = hs[1]; h2 = hs[2]; h3 = hs[3]; }                \
+                if (copied + step <= copy_count) { /* four lines of the previous row out */     \
+                    for (int k = 0; k < 4; k++)                                                  \
+                        __builtin_nontemporal_store(                                             \
+                            amm_stretch_load_##SUFFIX(copy_from + copied + k * width),          \
+                            (V *)(copy_to + copied + k * width));                               \
+                    copied += step;                                                              \
+                }                                                                                \
             }                                                                                    \
             maximum = AMM_STRETCH_MAX(V, I,                                                  \
                 AMM_STRETCH_MAX(V, I, maximum, z0),                                          \
@@ -185,6 +195,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
     double lanes = 0;                                                                            \
     for (int k = 0; k < (int)(sizeof(D2) / sizeof(double)); k++) lanes += total[k];             \
     out->sum = lanes;                                                                            \
+    out->copied = copied;                                                                        \
     __builtin_memcpy(out->poison, &poison, sizeof poison);                                       \
     __builtin_memcpy(out->maximum, &maximum, sizeof maximum);                                    \
 }                                                                                                \
@@ -193,19 +204,20 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
  * One loop per variant and output, each compiled with them constant. */                        \
 AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scale, S reference, \
                                                   const amm_mining_##SUFFIX *m, S *weighted,    \
-                                                  amm_stretch_##SUFFIX *out) {                  \
+                                                  const S *copy_from, S *copy_to,               \
+                                                  long copy_count, amm_stretch_##SUFFIX *out) { \
     switch (m->kind) {                                                                           \
     case AMM_MINING_AMM:                                                                         \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, weighted, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, 0, out);                \
+        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, weighted, copy_from, copy_to, copy_count, out); \
+        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, 0, 0, 0, 0, out);                \
         return;                                                                                  \
     case AMM_MINING_LINEAR:                                                                      \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, weighted, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, 0, out);                \
+        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, weighted, copy_from, copy_to, copy_count, out); \
+        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, 0, 0, 0, 0, out);                \
         return;                                                                                  \
     default:                                                                                     \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, weighted, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, 0, out);                \
+        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, weighted, copy_from, copy_to, copy_count, out); \
+        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, 0, 0, 0, 0, out);                \
         return;                                                                                  \
     }                                                                                            \
 }

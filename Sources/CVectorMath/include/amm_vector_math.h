@@ -39,6 +39,23 @@ typedef long amm_i64x8 __attribute__((ext_vector_type(8)));
 
 #define AMM_INLINE static inline __attribute__((always_inline))
 
+/* Stores v at p, which must be 64-byte aligned, with non-temporal stores (one vmovntps, two, or
+ * four movntps): the line goes to memory without being read into the cache first. Weakly
+ * ordered: the writer calls amm_store_fence before the memory is handed over. */
+AMM_INLINE void amm_stream_f32x16(void *p, amm_f32x16 v) {
+    __builtin_nontemporal_store(v, (amm_f32x16 *)p);
+}
+AMM_INLINE void amm_stream_f64x8(void *p, amm_f64x8 v) {
+    __builtin_nontemporal_store(v, (amm_f64x8 *)p);
+}
+AMM_INLINE void amm_store_fence(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_sfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 /* Whether a > b in some lane. */
 AMM_INLINE int amm_any_greater_f32x16(amm_f32x16 a, amm_f32x16 b) {
     return __builtin_reduce_or(a > b) != 0;
