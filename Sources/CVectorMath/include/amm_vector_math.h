@@ -83,11 +83,13 @@ AMM_INLINE amm_f32x16 amm_exp_f32x16(amm_f32x16 x) {
     const V t = AMM_MUL_ADD(x, (V)(1.44269504088896341f), (V)(12582912.0f));
     const V k = t - (V)(12582912.0f);
     const V r = AMM_MUL_ADD(k, (V)(2.12194440e-4f), AMM_MUL_ADD(k, (V)(-0.693359375f), x));
-    V p = AMM_MUL_ADD(r, (V)(1.3903069775551558e-3f), (V)(8.366229012608528e-3f));
-    p = AMM_MUL_ADD(p, r, (V)(4.1666775941848755e-2f));
-    p = AMM_MUL_ADD(p, r, (V)(1.666654348373413e-1f));
-    p = AMM_MUL_ADD(p, r, (V)(0.5f));
-    const V er = AMM_MUL_ADD(p, r * r, r) + (V)(1.0f);
+    /* q(r) = 0.5 + c3 r + c4 r^2 + c5 r^3 + c6 r^4 by Estrin's scheme: two short chains
+     * instead of Horner's one long one (the loops are bound by the exponential's latency). */
+    const V r2 = r * r;
+    const V low = AMM_MUL_ADD(r, (V)(1.666654348373413e-1f), (V)(0.5f));
+    const V high = AMM_MUL_ADD(r, (V)(8.366229012608528e-3f), (V)(4.1666775941848755e-2f));
+    const V q = AMM_MUL_ADD(AMM_MUL_ADD(r2, (V)(1.3903069775551558e-3f), high), r2, low);
+    const V er = AMM_MUL_ADD(q, r2, r) + (V)(1.0f);
 #if defined(__AVX512F__)
     /* er * 2^k in one instruction (exact, as the product below is for normal results). */
     const V e = (V)_mm512_scalef_ps((__m512)er, (__m512)k);
