@@ -2,11 +2,14 @@ import AMMSoftmaxMath
 import CPlatform
 import RealModule
 
-/// The running log-sum-exp of one row's negative logits, fed one block of cosines at a time:
-/// the statistics pass of `RowKernel` walks a row with it, and the fused head feeds it the
-/// blocks of classes it computes.
+/// The running log-sum-exp of one row's negative logits, fed cosines a block or a stretch of
+/// blocks at a time: the statistics pass of `RowKernel` walks a row with it, and the fused head
+/// feeds it the blocks of classes it computes.
 ///
-/// For each block: the logits z_j = s g(c_j) into a buffer -- first s c_j for every vector,
+/// Two ways in. `addStretch` takes any number of blocks in one pass against the reference
+/// known so far (below). `add` takes one block in two steps, which the first block of a row
+/// needs (no reference yet), the target's block too (the target is not a negative), and which
+/// the head uses throughout: the logits z_j = s g(c_j) into a buffer -- first s c_j for every vector,
 /// then, for the vectors that hold a hard negative, s g(c_j) computed again in a separate loop
 /// -- and their maximum; the reference r (the largest negative logit so far) raised if the
 /// block's maximum is above it, rescaling the running sum once; then e_j = exp(z_j - r) added

@@ -8,16 +8,17 @@ import RealModule
 /// loss_i = logsumexp_j z_j - z_y; the gradient is s (p_j - [j == y]) dz_j/dc_j, p = softmax(z).
 ///
 /// Two passes, one exponential per element, one read of the row from memory:
-/// 1. `statistics` walks the row in blocks of `blockSize` elements (4 or 8 KiB, in L1). For each
-///    block it writes the logits z_j into a block buffer and takes their maximum; raises the
-///    running reference r (the largest negative logit so far) if the block's maximum is above
-///    it, rescaling the running sum once; then turns the buffer into e_j = exp(z_j - r) and adds
-///    them up. For a gradient, the buffer is the gradient row itself, so the exponentials stay
-///    there and each block's r is recorded.
+/// 1. `statistics` walks the row (RowAccumulator). The first block of `blockSize` elements (4 or
+///    8 KiB, in L1), and the block holding the target, go in two steps: the logits z_j into a
+///    block buffer and their maximum, which raises the running reference r (the largest
+///    negative logit so far, rescaling the running sum once); then e_j = exp(z_j - r), added
+///    up. The blocks between go in one pass per stretch (`RowAccumulator.addStretch`): each
+///    z_j exponentiated against the reference known so far, r raised at the end. For a
+///    gradient, e_j dg/dc_j is stored in the gradient row (or a scratch row, when the caller
+///    streams the gradient out), with the reference each block was exponentiated against.
 /// 2. `writeGradient` turns them into gradients in place: p_j = e_j exp(r_block - max) / total,
-///    one multiplication per element, times dg/dc_j, which needs the cosine again (read from
-///    cache: a 100,000-class f32 row is 400 KB, within L2) only for vectors holding a hard
-///    negative.
+///    one multiplication per element (the row is still in L2: a 100,000-class f32 row is
+///    400 KB).
 ///
 /// Every function here is `@inlinable`, so that the modules built for wider instruction sets
 /// compile their own copy with their CPU flags. The vector width is fixed by `T.Vector`
@@ -67,8 +68,9 @@ public enum RowKernel<T: LossScalar> {
     ///     each block's r.
     ///   - countHardNegatives: whether to count the negatives mined as hard (statistics'
     ///     `hardNegatives`).
-    ///   - stream: a previous row's gradient being streamed out: a piece of it is copied after
-    ///     each block, and the rest at the end.
+    ///   - stream: a previous row's gradient being streamed out (GradientStream): four lines
+    ///     an iteration inside the one-pass loop, a block's worth after each block taken in
+    ///     two steps, and the rest at the end.
     /// - Returns: the row's statistics, or the first non-finite column.
     @inlinable
     public static func statistics(
