@@ -89,7 +89,7 @@ AMM_INLINE amm_f32x16 amm_exp_f32x16(amm_f32x16 x) {
     const V low = AMM_MUL_ADD(r, (V)(1.666654348373413e-1f), (V)(0.5f));
     const V high = AMM_MUL_ADD(r, (V)(8.366229012608528e-3f), (V)(4.1666775941848755e-2f));
     const V q = AMM_MUL_ADD(AMM_MUL_ADD(r2, (V)(1.3903069775551558e-3f), high), r2, low);
-    const V er = AMM_MUL_ADD(q, r2, r) + (V)(1.0f);
+    const V er = AMM_MUL_ADD(q, r2, r + (V)(1.0f));
 #if defined(__AVX512F__)
     /* er * 2^k in one instruction (exact, as the product below is for normal results). */
     const V e = (V)_mm512_scalef_ps((__m512)er, (__m512)k);
