@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 import amm_softmax  # noqa: E402
 
-try:
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_probe import load_torch_peer  # noqa: E402
+
+_TORCH_PEER, TORCH_WHY = load_torch_peer()
+HAVE_TORCH = _TORCH_PEER is not None
+if HAVE_TORCH:
     import torch
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from torch_loss import torch_loss
-    HAVE_TORCH = True
-except Exception as exc:  # ImportError, or a torch that cannot load its libraries
-    HAVE_TORCH = False
-    TORCH_WHY = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+    torch_loss = _TORCH_PEER.torch_loss
 
 MB = 1 << 20
 

@@ -41,14 +41,13 @@ VARIANTS = {
 }
 REFERENCE_LIMIT = 26_000_000  # N*C above which the NumPy reference is skipped (its temporaries)
 
-try:
-    import torch  # noqa: F401
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from torch_loss import torch_forward_backward
-    HAVE_TORCH = True
-except Exception as exc:  # ImportError, or a torch that cannot load its libraries
-    HAVE_TORCH = False
-    TORCH_WHY = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_probe import load_torch_peer  # noqa: E402
+
+_TORCH_PEER, TORCH_WHY = load_torch_peer()
+HAVE_TORCH = _TORCH_PEER is not None
+if HAVE_TORCH:
+    torch_forward_backward = _TORCH_PEER.torch_forward_backward
 
 
 # ------------------------------------------------------------------------------------------------
