@@ -1,6 +1,8 @@
 /* The row kernels' one-pass loop (RowAccumulator.addStretch): for a stretch of a row's
  * negatives, the logits z = s g(c) exponentiated against a reference r known in advance, their
- * sum, their maximum, the NaN check and, for a gradient, e dg/dc stored.
+ * sum, their maximum, the NaN check and, for a gradient, e dg/dc stored. Meanwhile it can copy
+ * the previous row's finished gradient to the caller's array with streaming stores, four lines
+ * an iteration (GradientStream), so that those stores drain while the arithmetic runs.
  *
  * Why in C: the loop is software-pipelined (each iteration computes the logits of the next four
  * vectors and exponentiates the four before them, two independent chains that the out-of-order
@@ -40,7 +42,8 @@ typedef struct {
 } amm_mining_f64;
 
 /* What a stretch returns: the lane-wise NaN check (0, or NaN where a cosine was not finite) and
- * maximum of the logits, as raw vectors, and the sum of the exponentials. */
+ * maximum of the logits, as raw vectors, the sum of the exponentials, and how many elements of
+ * the copy it made (a multiple of four vectors). */
 typedef struct {
     float poison[16], maximum[16];
     double sum;
