@@ -1,11 +1,12 @@
 import CVectorMath
 
-/// The row kernels' one-pass loop over a stretch of negatives (CVectorMath,
-/// amm_exponentiate_stretch.h): logits z_j = s g(c_j) exponentiated against a reference known
-/// in advance, summed (in Double), their maximum, the NaN check, and e_j dg/dc_j stored when
-/// `weighted` is given. The loop is in C, software-pipelined; see the header for why and for
-/// the order of the sums. Each z_j and e_j is computed by the same operations as in
-/// `NegativeLogit.minedValues` and `vectorExp`, so the numbers agree with the two-pass way.
+// The row kernels' one-pass loop over a stretch of negatives (CVectorMath,
+// amm_exponentiate_stretch.h): logits z_j = s g(c_j) exponentiated against a reference known
+// in advance, summed (in Double), their maximum, the NaN check, and e_j dg/dc_j stored when
+// `weighted` is given. The loop is in C, software-pipelined; see the header for why and for
+// the order of the sums. Each z_j and e_j is computed by the same operations as in
+// `NegativeLogit.minedValues` and `vectorExp`, so the numbers agree with the two-pass way.
+
 /// Bytes the one-pass loop copies out while it runs: `count` elements from `from` to `to`,
 /// with streaming stores, four vectors an iteration (`to` 64-byte aligned); the loop reports how
 /// many it copied (a multiple of four vectors, at most `count`).
@@ -35,7 +36,8 @@ extension NegativeLogit {
 }
 
 extension NegativeLogit where T == Float {
-    /// See the extension's comment. `count` must be a multiple of the vector width.
+    /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
+    /// vector width; `copy`, if given, is advanced while it runs.
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
@@ -56,7 +58,8 @@ extension NegativeLogit where T == Float {
 }
 
 extension NegativeLogit where T == Double {
-    /// See the extension's comment. `count` must be a multiple of the vector width.
+    /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
+    /// vector width; `copy`, if given, is advanced while it runs.
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
