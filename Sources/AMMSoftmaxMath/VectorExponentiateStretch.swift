@@ -37,7 +37,7 @@ extension NegativeLogit {
 
 extension NegativeLogit where T == Float {
     /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
-    /// vector width; `copy`, if given, is advanced while it runs.
+    /// vector width; of `copy`, if given, it copies what it can while it runs (`copied`).
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
@@ -59,7 +59,7 @@ extension NegativeLogit where T == Float {
 
 extension NegativeLogit where T == Double {
     /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
-    /// vector width; `copy`, if given, is advanced while it runs.
+    /// vector width; of `copy`, if given, it copies what it can while it runs (`copied`).
     @inlinable
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
