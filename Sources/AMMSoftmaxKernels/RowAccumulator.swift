@@ -9,8 +9,8 @@ import RealModule
 /// Two ways in. `addStretch` takes any number of blocks in one pass against the reference
 /// known so far (below). `add` takes one block in two steps, which the first block of a row
 /// needs (no reference yet), the target's block too (the target is not a negative), and which
-/// the head uses throughout: the logits z_j = s g(c_j) into a buffer -- first s c_j for every vector,
-/// then, for the vectors that hold a hard negative, s g(c_j) computed again in a separate loop
+/// the head uses throughout: the logits z_j = s g(c_j) into a buffer -- first s c_j for every
+/// vector, then, for the vectors that hold a hard negative, s g(c_j) computed again in a separate loop
 /// -- and their maximum; the reference r (the largest negative logit so far) raised if the
 /// block's maximum is above it, rescaling the running sum once; then e_j = exp(z_j - r) added
 /// up, and, when `slopes` is given, e_j dg/dc_j left in the buffer (the gradient's numerators).
@@ -181,9 +181,10 @@ public struct RowAccumulator<T: LossScalar> {
     /// raised to the stretch's maximum if that is above it, rescaling the running sum. With
     /// `weighted` (`count` values), e_j dg/dc_j is stored there, relative to r.
     ///
-    /// Returns r, the reference of every exponential of the stretch; nil, with nothing changed,
-    /// if no reference is known yet or the stretch's largest logit exceeds r by more than
-    /// `headroom` (the caller then adds the stretch block by block).
+    /// Returns r, the reference of every exponential of the stretch; nil, with the accumulator
+    /// unchanged, if no reference is known yet or the stretch's largest logit exceeds r by more
+    /// than `headroom` (the caller then adds the stretch block by block; `stream`'s copy has
+    /// progressed either way, which changes nothing but when its bytes are written).
     ///
     /// The loop is `T.exponentiateStretch` (CVectorMath, software-pipelined). The results agree
     /// with `add` block by block to rounding: each exponential is the same number up to its
