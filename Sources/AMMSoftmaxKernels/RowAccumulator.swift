@@ -10,13 +10,14 @@ import RealModule
 /// known so far (below). `add` takes one block in two steps, which the first block of a row
 /// needs (no reference yet), the target's block too (the target is not a negative), and which
 /// the head uses throughout: the logits z_j = s g(c_j) into a buffer -- first s c_j for every
-/// vector, then, for the vectors that hold a hard negative, s g(c_j) computed again in a separate loop
-/// -- and their maximum; the reference r (the largest negative logit so far) raised if the
-/// block's maximum is above it, rescaling the running sum once; then e_j = exp(z_j - r) added
-/// up, and, when `slopes` is given, e_j dg/dc_j left in the buffer (the gradient's numerators).
-/// A partial last vector is kept in registers, padded with -inf, and written only where it
-/// exists. The results do not depend on which vectors took which loop: an easy lane comes out
-/// of the mining arithmetic as s c_j and dg/dc_j = 1, the same bits.
+/// vector, then, for the vectors that hold a hard negative, s g(c_j) computed again in a
+/// separate loop -- and their maximum; the reference r (the largest negative logit so far)
+/// raised if the block's maximum is above it, rescaling the running sum once; then
+/// e_j = exp(z_j - r) added up, and, when `slopes` is given, e_j dg/dc_j left in the buffer
+/// (the gradient's numerators). A partial last vector is kept in registers, padded with -inf,
+/// and written only where it exists. The results do not depend on which vectors took which
+/// loop: an easy lane comes out of the mining arithmetic as s c_j and dg/dc_j = 1, the same
+/// bits.
 public struct RowAccumulator<T: LossScalar> {
     public let negatives: NegativeLogit<T>
     public let scale: T

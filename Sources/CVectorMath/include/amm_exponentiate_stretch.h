@@ -56,173 +56,184 @@ typedef struct {
     long copied;
 } amm_stretch_f64;
 
-#define AMM_DEFINE_STRETCH(SUFFIX, V, I, S, W, D2)                                               \
-/* g and dg/dc of one vector for the variant `kind` (a constant where inlined). */               \
-AMM_INLINE V amm_stretch_value_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind) {          \
-    if (kind == AMM_MINING_AMM)                                                                  \
-        return amm_amm_negative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t, m->bound);     \
-    if (kind == AMM_MINING_LINEAR)                                                               \
-        return AMM_SELECT(V, I, c > (V)(m->threshold), c * (V)(m->slope) + (V)(m->offset), c);  \
-    return c;                                                                                    \
-}                                                                                                \
-AMM_INLINE V amm_stretch_value_slope_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind,      \
-                                              V *slope) {                                        \
-    if (kind == AMM_MINING_AMM) {                                                                \
-        V g, dg;                                                                                 \
-        amm_amm_negative_and_derivative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t,         \
-                                                    m->bound, m->ceiling, &g, &dg);              \
-        *slope = dg;                                                                             \
-        return g;                                                                                \
-    }                                                                                            \
-    if (kind == AMM_MINING_LINEAR) {                                                             \
-        const I hard = c > (V)(m->threshold);                                                    \
-        *slope = AMM_SELECT(V, I, hard, (V)(m->slope), (V)(1));                                  \
-        return AMM_SELECT(V, I, hard, c * (V)(m->slope) + (V)(m->offset), c);                   \
-    }                                                                                            \
-    *slope = (V)(1);                                                                             \
-    return c;                                                                                    \
-}                                                                                                \
-AMM_INLINE V amm_stretch_load_##SUFFIX(const S *p) {                                             \
-    V v;                                                                                         \
-    __builtin_memcpy(&v, p, sizeof v);                                                           \
-    return v;                                                                                    \
-}                                                                                                \
-AMM_INLINE void amm_stretch_store_##SUFFIX(S *p, V v) { __builtin_memcpy(p, &v, sizeof v); }    \
-/* The logits of four vectors (and dg/dc with `slopes`): for amm, a group without any hard     \
- * lane skips the mining arithmetic (z = s c, dg = 1: the bits the mining gives easy lanes),     \
- * which keeps the rows of a well-classified target as cheap as ArcFace's. */                    \
-AMM_INLINE void amm_stretch_logits4_##SUFFIX(const V c[4], const amm_mining_##SUFFIX *m,        \
-                                             int kind, V s, V z[4], V *slopes) {                 \
-    if (kind == AMM_MINING_AMM) {                                                                \
-        const V top = AMM_STRETCH_MAX(V, I, AMM_STRETCH_MAX(V, I, c[0], c[1]),           \
-                                                AMM_STRETCH_MAX(V, I, c[2], c[3]));          \
-        if (!amm_any_greater_##SUFFIX##W(top, (V)(m->threshold))) {                              \
-            for (int k = 0; k < 4; k++) {                                                        \
-                z[k] = c[k] * s;                                                                 \
-                if (slopes) slopes[k] = (V)(1);                                                  \
-            }                                                                                    \
-            return;                                                                              \
-        }                                                                                        \
-    }                                                                                            \
-    for (int k = 0; k < 4; k++)                                                                  \
-        z[k] = (slopes ? amm_stretch_value_slope_##SUFFIX(c[k], m, kind, &slopes[k])             \
-                       : amm_stretch_value_##SUFFIX(c[k], m, kind)) * s;                         \
-}                                                                                                \
-/* Adds the lanes' partial sums to the Double accumulators (two for f32, one for f64). */       \
-AMM_INLINE void amm_stretch_flush_##SUFFIX(V *sum, D2 *total) {                                  \
-    *total += __builtin_convertvector(*sum, D2);                                                 \
-    *sum = (V)(0);                                                                               \
-}                                                                                                \
-/* The loop for one variant, with or without the gradient's numerators. */                      \
-AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S reference,         \
-                                          const amm_mining_##SUFFIX *m, int kind, S *weighted,   \
-                                          const S *copy_from, S *copy_to, long copy_count,      \
-                                          amm_stretch_##SUFFIX *out) {                           \
-    const long width = sizeof(V) / sizeof(S), step = 4 * width, flushEvery = 16 * step;         \
-    const V s = (V)(scale), shift = (V)(reference);                                              \
-    V poison = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                            \
-    D2 total = (D2)(0);                                                                          \
-    V z0, z1, z2, z3, d0 = (V)(1), d1 = (V)(1), d2 = (V)(1), d3 = (V)(1);                         \
-    long j = 0, copied = 0;                                                                      \
-    if (count >= step) {                                                                         \
-        V c0 = amm_stretch_load_##SUFFIX(c), c1 = amm_stretch_load_##SUFFIX(c + width);          \
-        V c2 = amm_stretch_load_##SUFFIX(c + 2 * width);                                         \
-        V c3 = amm_stretch_load_##SUFFIX(c + 3 * width);                                         \
-        poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                                 \
-        {                                                                                        \
-            const V cs[4] = {c0, c1, c2, c3};                                                    \
-            V zs[4], ds[4];                                                                      \
-            amm_stretch_logits4_##SUFFIX(cs, m, kind, s, zs, weighted ? ds : 0);                 \
-            z0 = zs[0]; z1 = zs[1]; z2 = zs[2]; z3 = zs[3];                                      \
-            if (weighted) { d0 = ds[0]; d1 = ds[1]; d2 = ds[2]; d3 = ds[3]; }                    \
-        }                                                                                        \
-        for (j = step;; j += step) {                                                             \
-            const int more = j + step <= count;                                                  \
-            V y0 = z0, y1 = z1, y2 = z2, y3 = z3, h0 = d0, h1 = d1, h2 = d2, h3 = d3;            \
-            if (more) {                                                                          \
-                for (int line = 0; line < 4; line++) {                                           \
-                    __builtin_prefetch(c + j + line * width + 1024, 0, 0);                       \
-                    if (weighted) __builtin_prefetch(weighted + j + line * width + 1024, 1, 3);  \
-                }                                                                                \
-                c0 = amm_stretch_load_##SUFFIX(c + j);                                           \
-                c1 = amm_stretch_load_##SUFFIX(c + j + width);                                   \
-                c2 = amm_stretch_load_##SUFFIX(c + j + 2 * width);                               \
-                c3 = amm_stretch_load_##SUFFIX(c + j + 3 * width);                               \
-                poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                         \
-                const V cs[4] = {c0, c1, c2, c3};                                                \
-                V ys[4], hs[4];                                                                  \
-                amm_stretch_logits4_##SUFFIX(cs, m, kind, s, ys, weighted ? hs : 0);             \
-                y0 = ys[0]; y1 = ys[1]; y2 = ys[2]; y3 = ys[3];                                  \
-                if (weighted) { h0 = hs[0]; h1 = hs[1]; h2 = hs[2]; h3 = hs[3]; }                \
-                if (copied + step <= copy_count) { /* four lines of the previous row out */     \
-                    for (int k = 0; k < 4; k++)                                                  \
-                        __builtin_nontemporal_store(                                             \
-                            amm_stretch_load_##SUFFIX(copy_from + copied + k * width),          \
-                            (V *)(copy_to + copied + k * width));                               \
-                    copied += step;                                                              \
-                }                                                                                \
-            }                                                                                    \
-            maximum = AMM_STRETCH_MAX(V, I,                                                  \
-                AMM_STRETCH_MAX(V, I, maximum, z0),                                          \
-                AMM_STRETCH_MAX(V, I, AMM_STRETCH_MAX(V, I, z1, z2), z3));               \
-            const V e0 = amm_exp_##SUFFIX##W(z0 - shift), e1 = amm_exp_##SUFFIX##W(z1 - shift);       \
-            const V e2 = amm_exp_##SUFFIX##W(z2 - shift), e3 = amm_exp_##SUFFIX##W(z3 - shift);       \
-            sum += e0;                                                                           \
-            sum += e1;                                                                           \
-            sum += e2;                                                                           \
-            sum += e3;                                                                           \
-            if (weighted) {                                                                      \
-                S *o = weighted + j - step;                                                      \
-                amm_stretch_store_##SUFFIX(o, e0 * d0);                                          \
-                amm_stretch_store_##SUFFIX(o + width, e1 * d1);                                  \
-                amm_stretch_store_##SUFFIX(o + 2 * width, e2 * d2);                              \
-                amm_stretch_store_##SUFFIX(o + 3 * width, e3 * d3);                              \
-            }                                                                                    \
-            if (j % flushEvery == 0) amm_stretch_flush_##SUFFIX(&sum, &total);                   \
-            if (!more) break;                                                                    \
-            z0 = y0; z1 = y1; z2 = y2; z3 = y3; d0 = h0; d1 = h1; d2 = h2; d3 = h3;              \
-        }                                                                                        \
-    }                                                                                            \
-    for (; j + width <= count; j += width) { /* fewer than four vectors left */                  \
-        const V cj = amm_stretch_load_##SUFFIX(c + j);                                           \
-        V dj = (V)(1);                                                                           \
-        poison += cj - cj;                                                                       \
-        const V z = (weighted ? amm_stretch_value_slope_##SUFFIX(cj, m, kind, &dj)               \
-                              : amm_stretch_value_##SUFFIX(cj, m, kind)) * s;                    \
-        maximum = AMM_STRETCH_MAX(V, I, maximum, z);                                         \
-        const V e = amm_exp_##SUFFIX##W(z - shift);                                                 \
-        sum += e;                                                                                \
-        if (weighted) amm_stretch_store_##SUFFIX(weighted + j, e * dj);                          \
-    }                                                                                            \
-    amm_stretch_flush_##SUFFIX(&sum, &total);                                                    \
-    double lanes = 0;                                                                            \
-    for (int k = 0; k < (int)(sizeof(D2) / sizeof(double)); k++) lanes += total[k];             \
-    out->sum = lanes;                                                                            \
-    out->copied = copied;                                                                        \
-    __builtin_memcpy(out->poison, &poison, sizeof poison);                                       \
-    __builtin_memcpy(out->maximum, &maximum, sizeof maximum);                                    \
-}                                                                                                \
-/* The stretch of `count` cosines at c (a multiple of the vector width), exponentiated against \
- * `reference`; `weighted` (count values) receives e dg/dc, or is NULL for the loss alone.     \
- * One loop per variant and output, each compiled with them constant. */                        \
-AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scale, S reference, \
-                                                  const amm_mining_##SUFFIX *m, S *weighted,    \
-                                                  const S *copy_from, S *copy_to,               \
-                                                  long copy_count, amm_stretch_##SUFFIX *out) { \
-    switch (m->kind) {                                                                           \
-    case AMM_MINING_AMM:                                                                         \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, weighted, copy_from, copy_to, copy_count, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, 0, 0, 0, 0, out);                \
-        return;                                                                                  \
-    case AMM_MINING_LINEAR:                                                                      \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, weighted, copy_from, copy_to, copy_count, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, 0, 0, 0, 0, out);                \
-        return;                                                                                  \
-    default:                                                                                     \
-        if (weighted) amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, weighted, copy_from, copy_to, copy_count, out); \
-        else amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, 0, 0, 0, 0, out);                \
-        return;                                                                                  \
-    }                                                                                            \
+#define AMM_DEFINE_STRETCH(SUFFIX, V, I, S, W, D2)                                                 \
+/* g and dg/dc of one vector for the variant `kind` (a constant where inlined). */                 \
+AMM_INLINE V amm_stretch_value_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind) {             \
+    if (kind == AMM_MINING_AMM)                                                                    \
+        return amm_amm_negative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t, m->bound);        \
+    if (kind == AMM_MINING_LINEAR)                                                                 \
+        return AMM_SELECT(V, I, c > (V)(m->threshold), c * (V)(m->slope) + (V)(m->offset), c);     \
+    return c;                                                                                      \
+}                                                                                                  \
+AMM_INLINE V amm_stretch_value_slope_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind,         \
+                                              V *slope) {                                          \
+    if (kind == AMM_MINING_AMM) {                                                                  \
+        V g, dg;                                                                                   \
+        amm_amm_negative_and_derivative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t,           \
+                                                    m->bound, m->ceiling, &g, &dg);                \
+        *slope = dg;                                                                               \
+        return g;                                                                                  \
+    }                                                                                              \
+    if (kind == AMM_MINING_LINEAR) {                                                               \
+        const I hard = c > (V)(m->threshold);                                                      \
+        *slope = AMM_SELECT(V, I, hard, (V)(m->slope), (V)(1));                                    \
+        return AMM_SELECT(V, I, hard, c * (V)(m->slope) + (V)(m->offset), c);                      \
+    }                                                                                              \
+    *slope = (V)(1);                                                                               \
+    return c;                                                                                      \
+}                                                                                                  \
+AMM_INLINE V amm_stretch_load_##SUFFIX(const S *p) {                                               \
+    V v;                                                                                           \
+    __builtin_memcpy(&v, p, sizeof v);                                                             \
+    return v;                                                                                      \
+}                                                                                                  \
+AMM_INLINE void amm_stretch_store_##SUFFIX(S *p, V v) { __builtin_memcpy(p, &v, sizeof v); }       \
+/* The logits of four vectors (and dg/dc with `slopes`): for amm, a group without any hard         \
+ * lane skips the mining arithmetic (z = s c, dg = 1: the bits the mining gives easy lanes),       \
+ * which keeps the rows of a well-classified target as cheap as ArcFace's. */                      \
+AMM_INLINE void amm_stretch_logits4_##SUFFIX(const V c[4], const amm_mining_##SUFFIX *m,           \
+                                             int kind, V s, V z[4], V *slopes) {                   \
+    if (kind == AMM_MINING_AMM) {                                                                  \
+        const V top = AMM_STRETCH_MAX(V, I, AMM_STRETCH_MAX(V, I, c[0], c[1]),                     \
+                                                AMM_STRETCH_MAX(V, I, c[2], c[3]));                \
+        if (!amm_any_greater_##SUFFIX##W(top, (V)(m->threshold))) {                                \
+            for (int k = 0; k < 4; k++) {                                                          \
+                z[k] = c[k] * s;                                                                   \
+                if (slopes) slopes[k] = (V)(1);                                                    \
+            }                                                                                      \
+            return;                                                                                \
+        }                                                                                          \
+    }                                                                                              \
+    for (int k = 0; k < 4; k++)                                                                    \
+        z[k] = (slopes ? amm_stretch_value_slope_##SUFFIX(c[k], m, kind, &slopes[k])               \
+                       : amm_stretch_value_##SUFFIX(c[k], m, kind)) * s;                           \
+}                                                                                                  \
+/* Adds the lanes' partial sums to the Double accumulators (two for f32, one for f64). */          \
+AMM_INLINE void amm_stretch_flush_##SUFFIX(V *sum, D2 *total) {                                    \
+    *total += __builtin_convertvector(*sum, D2);                                                   \
+    *sum = (V)(0);                                                                                 \
+}                                                                                                  \
+/* The loop for one variant, with or without the gradient's numerators. */                         \
+AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S reference,            \
+                                          const amm_mining_##SUFFIX *m, int kind, S *weighted,     \
+                                          const S *copy_from, S *copy_to, long copy_count,         \
+                                          amm_stretch_##SUFFIX *out) {                             \
+    const long width = sizeof(V) / sizeof(S), step = 4 * width, flushEvery = 16 * step;            \
+    const V s = (V)(scale), shift = (V)(reference);                                                \
+    V poison = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                              \
+    D2 total = (D2)(0);                                                                            \
+    V z0, z1, z2, z3, d0 = (V)(1), d1 = (V)(1), d2 = (V)(1), d3 = (V)(1);                          \
+    long j = 0, copied = 0;                                                                        \
+    if (count >= step) {                                                                           \
+        V c0 = amm_stretch_load_##SUFFIX(c), c1 = amm_stretch_load_##SUFFIX(c + width);            \
+        V c2 = amm_stretch_load_##SUFFIX(c + 2 * width);                                           \
+        V c3 = amm_stretch_load_##SUFFIX(c + 3 * width);                                           \
+        poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                                   \
+        {                                                                                          \
+            const V cs[4] = {c0, c1, c2, c3};                                                      \
+            V zs[4], ds[4];                                                                        \
+            amm_stretch_logits4_##SUFFIX(cs, m, kind, s, zs, weighted ? ds : 0);                   \
+            z0 = zs[0]; z1 = zs[1]; z2 = zs[2]; z3 = zs[3];                                        \
+            if (weighted) { d0 = ds[0]; d1 = ds[1]; d2 = ds[2]; d3 = ds[3]; }                      \
+        }                                                                                          \
+        for (j = step;; j += step) {                                                               \
+            const int more = j + step <= count;                                                    \
+            V y0 = z0, y1 = z1, y2 = z2, y3 = z3, h0 = d0, h1 = d1, h2 = d2, h3 = d3;              \
+            if (more) {                                                                            \
+                for (int line = 0; line < 4; line++) {                                             \
+                    __builtin_prefetch(c + j + line * width + 1024, 0, 0);                         \
+                    if (weighted) __builtin_prefetch(weighted + j + line * width + 1024, 1, 3);    \
+                }                                                                                  \
+                c0 = amm_stretch_load_##SUFFIX(c + j);                                             \
+                c1 = amm_stretch_load_##SUFFIX(c + j + width);                                     \
+                c2 = amm_stretch_load_##SUFFIX(c + j + 2 * width);                                 \
+                c3 = amm_stretch_load_##SUFFIX(c + j + 3 * width);                                 \
+                poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                           \
+                const V cs[4] = {c0, c1, c2, c3};                                                  \
+                V ys[4], hs[4];                                                                    \
+                amm_stretch_logits4_##SUFFIX(cs, m, kind, s, ys, weighted ? hs : 0);               \
+                y0 = ys[0]; y1 = ys[1]; y2 = ys[2]; y3 = ys[3];                                    \
+                if (weighted) { h0 = hs[0]; h1 = hs[1]; h2 = hs[2]; h3 = hs[3]; }                  \
+                if (copied + step <= copy_count) { /* four lines of the previous row out */        \
+                    for (int k = 0; k < 4; k++)                                                    \
+                        __builtin_nontemporal_store(                                               \
+                            amm_stretch_load_##SUFFIX(copy_from + copied + k * width),             \
+                            (V *)(copy_to + copied + k * width));                                  \
+                    copied += step;                                                                \
+                }                                                                                  \
+            }                                                                                      \
+            maximum = AMM_STRETCH_MAX(V, I,                                                        \
+                AMM_STRETCH_MAX(V, I, maximum, z0),                                                \
+                AMM_STRETCH_MAX(V, I, AMM_STRETCH_MAX(V, I, z1, z2), z3));                         \
+            const V e0 = amm_exp_##SUFFIX##W(z0 - shift);                                          \
+            const V e1 = amm_exp_##SUFFIX##W(z1 - shift);                                          \
+            const V e2 = amm_exp_##SUFFIX##W(z2 - shift);                                          \
+            const V e3 = amm_exp_##SUFFIX##W(z3 - shift);                                          \
+            sum += e0;                                                                             \
+            sum += e1;                                                                             \
+            sum += e2;                                                                             \
+            sum += e3;                                                                             \
+            if (weighted) {                                                                        \
+                S *o = weighted + j - step;                                                        \
+                amm_stretch_store_##SUFFIX(o, e0 * d0);                                            \
+                amm_stretch_store_##SUFFIX(o + width, e1 * d1);                                    \
+                amm_stretch_store_##SUFFIX(o + 2 * width, e2 * d2);                                \
+                amm_stretch_store_##SUFFIX(o + 3 * width, e3 * d3);                                \
+            }                                                                                      \
+            if (j % flushEvery == 0) amm_stretch_flush_##SUFFIX(&sum, &total);                     \
+            if (!more) break;                                                                      \
+            z0 = y0; z1 = y1; z2 = y2; z3 = y3; d0 = h0; d1 = h1; d2 = h2; d3 = h3;                \
+        }                                                                                          \
+    }                                                                                              \
+    for (; j + width <= count; j += width) { /* fewer than four vectors left */                    \
+        const V cj = amm_stretch_load_##SUFFIX(c + j);                                             \
+        V dj = (V)(1);                                                                             \
+        poison += cj - cj;                                                                         \
+        const V z = (weighted ? amm_stretch_value_slope_##SUFFIX(cj, m, kind, &dj)                 \
+                              : amm_stretch_value_##SUFFIX(cj, m, kind)) * s;                      \
+        maximum = AMM_STRETCH_MAX(V, I, maximum, z);                                               \
+        const V e = amm_exp_##SUFFIX##W(z - shift);                                                \
+        sum += e;                                                                                  \
+        if (weighted) amm_stretch_store_##SUFFIX(weighted + j, e * dj);                            \
+    }                                                                                              \
+    amm_stretch_flush_##SUFFIX(&sum, &total);                                                      \
+    double lanes = 0;                                                                              \
+    for (int k = 0; k < (int)(sizeof(D2) / sizeof(double)); k++) lanes += total[k];                \
+    out->sum = lanes;                                                                              \
+    out->copied = copied;                                                                          \
+    __builtin_memcpy(out->poison, &poison, sizeof poison);                                         \
+    __builtin_memcpy(out->maximum, &maximum, sizeof maximum);                                      \
+}                                                                                                  \
+/* The stretch of `count` cosines at c (a multiple of the vector width), exponentiated against     \
+ * `reference`; `weighted` (count values) receives e dg/dc, or is NULL for the loss alone.         \
+ * One loop per variant and output, each compiled with them constant. */                           \
+AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scale, S reference,    \
+                                                  const amm_mining_##SUFFIX *m, S *weighted,       \
+                                                  const S *copy_from, S *copy_to,                  \
+                                                  long copy_count, amm_stretch_##SUFFIX *out) {    \
+    switch (m->kind) {                                                                             \
+    case AMM_MINING_AMM:                                                                           \
+        if (weighted)                                                                              \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, weighted, copy_from,       \
+                                      copy_to, copy_count, out);                                   \
+        else                                                                                       \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, 0, 0, 0, 0, out);          \
+        return;                                                                                    \
+    case AMM_MINING_LINEAR:                                                                        \
+        if (weighted)                                                                              \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, weighted, copy_from,       \
+                                      copy_to, copy_count, out);                                   \
+        else                                                                                       \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, 0, 0, 0, 0, out);          \
+        return;                                                                                    \
+    default:                                                                                       \
+        if (weighted)                                                                              \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, weighted, copy_from,       \
+                                      copy_to, copy_count, out);                                   \
+        else                                                                                       \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, 0, 0, 0, 0, out);          \
+        return;                                                                                    \
+    }                                                                                              \
 }
 
 typedef double amm_f64x16 __attribute__((ext_vector_type(16)));
