@@ -207,7 +207,9 @@ public struct RowAccumulator<T: LossScalar> {
         if whole < count {  // the partial last vector, padded with -inf
             let c = K.loadPartial(cosines + whole, count: count - whole)
             poison += c - c
-            let (g, dg) = negatives.valuesAndDerivatives(c)
+            // dg/dc only for a gradient; the values are the same bits either way.
+            let (g, dg) = weighted == nil
+                ? (negatives.values(c), T.Vector(repeating: 1)) : negatives.valuesAndDerivatives(c)
             let full = g * scale
             var z = T.Vector(repeating: -T.infinity)
             for k in 0..<(count - whole) { z[k] = full[k] }
