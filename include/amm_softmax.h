@@ -3,7 +3,7 @@
  *
  * AMM-Softmax (Angular Margin-Mining Softmax, Lee, Wang and Cho, IEEE Access 10, 2022) and its
  * family (ArcFace, CosFace, MV-Softmax) as a loss on cosine logits, with exact gradients.
- * The mathematics is fixed in FORMULATION.md; in short, for row i with target y = labels[i]:
+ * The mathematics is fixed in docs/FORMULATION.md; in short, for row i with target y = labels[i]:
  *
  *     z_iy = s * f(cos[i, y])           target logit with margin m   (arc or cos kind)
  *     z_ij = s * g(cos[i, j]),  j != y  negative logit: g(c) = c for easy negatives, and a
@@ -142,7 +142,7 @@ typedef struct amm_params {
                                  NULL skips the count, which costs a pass over each row.      */
 } amm_params;
 
-/* Fills *p with the defaults of FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
+/* Fills *p with the defaults of docs/FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
    num_threads = 0, ignore_index = -100; head_block_size = 0, hard_negatives = NULL) and sets
    p->struct_size = sizeof(amm_params).
    Does nothing when p is NULL. Thread-safe. */
@@ -171,7 +171,7 @@ const char *amm_last_error(void);
  * Shared parameters:
  *   p          parameters (see amm_params); read only.
  *   cos        n x c row-major cosines; read only. Values outside [-1, 1] are clamped where an
- *              angle is taken (FORMULATION.md, "Angles"); NaN or infinity is an error in a row
+ *              angle is taken (docs/FORMULATION.md, "Angles"); NaN or infinity is an error in a row
  *              that is not ignored.
  *   n          number of rows, >= 0.
  *   c          number of classes, >= 1.
@@ -204,7 +204,7 @@ int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, 
  *
  * Embeddings and class weights in; the loss on cos = normalize(embeddings) normalize(weights)^T
  * and its gradients with respect to both out, without ever holding the n x c matrix of cosines
- * (FORMULATION.md, "Head": rows are normalised as torch.nn.functional.normalize does, by
+ * (docs/FORMULATION.md, "Head": rows are normalised as torch.nn.functional.normalize does, by
  * max(norm, 1e-12), and the gradients flow through that normalisation).
  *
  *   embeddings       n x d, row-major; read only. Rows that are not ignored must be finite.

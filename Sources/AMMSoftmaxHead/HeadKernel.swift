@@ -4,7 +4,7 @@ import AMMSoftmaxMath
 
 /// The fused head: embeddings x (N x D) and class weights W (C x D) in; the loss on
 /// cos = normalize(x) normalize(W)^T, and its gradients with respect to x and W, out
-/// (FORMULATION.md, "Head") -- without ever holding the N x C matrix.
+/// (docs/FORMULATION.md, "Head") -- without ever holding the N x C matrix.
 ///
 /// The classes are processed in blocks of B (`blockSize`), as Cut Cross-Entropy does:
 /// 1. x^ = normalize(x) (N x D), and each row's target cosine c_y = <x^_i, W^_y> by an indexed

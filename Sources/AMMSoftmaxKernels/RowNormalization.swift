@@ -1,6 +1,6 @@
 import AMMSoftmaxMath
 
-/// Row normalisation with torch.nn.functional.normalize's semantics (FORMULATION.md, "Head"):
+/// Row normalisation with torch.nn.functional.normalize's semantics (docs/FORMULATION.md, "Head"):
 /// v^ = v / max(||v||, 1e-12), and its backward
 /// dv = (dv^ - v^ <v^, dv^>) / ||v|| where ||v|| >= 1e-12, dv = dv^ / 1e-12 otherwise.
 /// Norms and inner products are accumulated in Double.

@@ -1,6 +1,6 @@
 import RealModule
 
-/// The angle conventions of FORMULATION.md ("Angles"): where an angle is taken from a cosine c,
+/// The angle conventions of docs/FORMULATION.md ("Angles"): where an angle is taken from a cosine c,
 /// c is first clamped to [-1, 1], and sin(theta) is floored at 1e-7 wherever it divides, so that
 /// every derivative stays finite even at c = +-1. The floor is part of the definition.
 public enum Angles {

@@ -1,4 +1,4 @@
-/// The parameters of the loss family, with the defaults of FORMULATION.md.
+/// The parameters of the loss family, with the defaults of docs/FORMULATION.md.
 ///
 /// One value of this type selects a member of the family:
 /// - AMM-Softmax: `target: .arc, hard: .amm` (the default);

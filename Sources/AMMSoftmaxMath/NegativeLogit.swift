@@ -1,6 +1,6 @@
 import RealModule
 
-/// The negative logit g(c_j) and its derivative dg/dc_j for one row (FORMULATION.md, "Hard
+/// The negative logit g(c_j) and its derivative dg/dc_j for one row (docs/FORMULATION.md, "Hard
 /// negatives" and "Negative logit"), evaluated in the element precision T, for one value or a
 /// vector of them.
 ///

@@ -1,6 +1,6 @@
 import RealModule
 
-/// The target logit f(c_y) and its derivative df/dc_y (FORMULATION.md, "Target logit").
+/// The target logit f(c_y) and its derivative df/dc_y (docs/FORMULATION.md, "Target logit").
 ///
 /// Computed once per row, in Double whatever the input precision, so that the mining threshold
 /// that depends on it is the same for f32 and f64 inputs holding the same values.
@@ -12,7 +12,7 @@ public struct TargetLogit: Sendable {
 
     /// - Parameters:
     ///   - cy: the target cosine, finite (not clamped: the clamp is applied where an angle is
-    ///     taken, as FORMULATION.md says).
+    ///     taken, as docs/FORMULATION.md says).
     ///   - kind: arc or cos.
     ///   - margin: m, already validated for `kind`.
     public init(cosine cy: Double, kind: TargetKind, margin m: Double) {

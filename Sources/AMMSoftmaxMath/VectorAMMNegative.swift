@@ -1,6 +1,6 @@
 import CVectorMath
 
-/// The amm negative logit over a vector (FORMULATION.md, "Negative logit"), for
+/// The amm negative logit over a vector (docs/FORMULATION.md, "Negative logit"), for
 /// `NegativeLogit.minedValues` and `minedValuesAndDerivatives`: a hard lane (c > threshold)
 /// gets g = cos(theta - t) = x cos t + sin(theta) sin t for the clamped cosine x (1 where
 /// theta <= t, x > bound) and dg/dc = cos t - sin t x / max(sin(theta), 1e-7) (0 where

@@ -3,7 +3,7 @@ import Testing
 @testable import AMMSoftmaxCore
 
 /// The edges of the domain, checked against closed forms: with two classes and hard = none the
-/// loss is softplus(s g - s f), so each case pins f or g to the value FORMULATION.md gives.
+/// loss is softplus(s g - s f), so each case pins f or g to the value docs/FORMULATION.md gives.
 @Suite("Edge cases")
 struct EdgeCaseTests {
     func softplus(_ x: Double) -> Double { x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)) }

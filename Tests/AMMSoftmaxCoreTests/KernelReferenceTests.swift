@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import AMMSoftmaxCore
 
-/// The kernels against the literal transcription of FORMULATION.md, on random and adversarial
+/// The kernels against the literal transcription of docs/FORMULATION.md, on random and adversarial
 /// matrices, in f64 (tight) and f32 (against the f64 literal reference on the same values).
 @Suite("Kernels vs the literal formulation")
 struct KernelReferenceTests {

@@ -1,7 +1,7 @@
 import Foundation
 @testable import AMMSoftmaxCore
 
-/// FORMULATION.md transcribed literally, one scalar at a time, in Double: acos and cos where the
+/// docs/FORMULATION.md transcribed literally, one scalar at a time, in Double: acos and cos where the
 /// text says acos and cos, the 1e-7 floor where it says so. Slow and obvious on purpose: the
 /// kernels (which use the trigonometric identities and online sums) are checked against it.
 struct LiteralReference {

@@ -274,7 +274,7 @@ static args_t fixture_args(int fn, const amm_params *p)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * A reference for one row, straight from FORMULATION.md, in double precision
+ * A reference for one row, straight from docs/FORMULATION.md, in double precision
  * ------------------------------------------------------------------------------------------- */
 
 static double clamp1(double x) { return x < -1.0 ? -1.0 : (x > 1.0 ? 1.0 : x); }
@@ -1275,7 +1275,7 @@ static void test_known_values(void)
               (double)g32[1]);
     }
 
-    /* Rows against ref_row (FORMULATION.md written out above), one per case, with reduction
+    /* Rows against ref_row (docs/FORMULATION.md written out above), one per case, with reduction
        sum so that the loss is the row's loss. */
     struct {
         int target, hard;
@@ -1530,7 +1530,7 @@ static head_args head_problem_args(const head_problem *h, int d64, const amm_par
     return a;
 }
 
-/* v^ = v / max(||v||, 1e-12), row by row (FORMULATION.md, "Head"). */
+/* v^ = v / max(||v||, 1e-12), row by row (docs/FORMULATION.md, "Head"). */
 static void ref_normalize(const double *v, int rows, int d, double *vh)
 {
     for (int i = 0; i < rows; ++i) {

@@ -38,7 +38,7 @@ static int succeeded(const char *call, int status)
 
 int main(void)
 {
-    /* 1. Parameters: always start from amm_params_init (it sets the defaults of FORMULATION.md
+    /* 1. Parameters: always start from amm_params_init (it sets the defaults of docs/FORMULATION.md
           and struct_size), then change the fields you need. */
     amm_params params;
     amm_params_init(&params);

@@ -13,7 +13,7 @@ Functions (every one takes the keyword parameters below):
 skip a row. The loss is a float for reduction 'mean' and 'sum' and an (N,) array for 'none';
 gradients are shaped and typed like `cos`.
 
-Parameters (defaults from FORMULATION.md):
+Parameters (defaults from docs/FORMULATION.md):
     scale=64.0        s > 0
     margin=0.5        target margin m (an angle in [0, pi) for target 'arc')
     hard_margin=0.2   hard-negative margin t >= 0

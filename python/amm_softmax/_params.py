@@ -22,7 +22,7 @@ _INT32 = np.iinfo(np.int32)
 
 @dataclass(frozen=True)
 class Params:
-    """The validated keyword parameters of every function (defaults: FORMULATION.md)."""
+    """The validated keyword parameters of every function (defaults: docs/FORMULATION.md)."""
 
     scale: float = 64.0
     margin: float = 0.5

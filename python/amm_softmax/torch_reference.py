@@ -1,7 +1,7 @@
 """The loss written in plain PyTorch operations, differentiated by autograd: the peer that the
 PyTorch tests compare amm_softmax.torch with and that the benchmarks time (needs torch).
 
-FORMULATION.md's forward, line by line; autograd derives the backward. Keep inputs away from
+docs/FORMULATION.md's forward, line by line; autograd derives the backward. Keep inputs away from
 cos = +-1, where torch.acos's derivative is infinite (the library floors sin(theta) instead).
 """
 import math

@@ -97,7 +97,7 @@ def logit_bound(params: dict) -> float:
 
 
 def target_threshold(cy: np.ndarray, params: dict) -> np.ndarray:
-    """f(c_y) from FORMULATION.md, written independently of the reference (float64)."""
+    """f(c_y) from docs/FORMULATION.md, written independently of the reference (float64)."""
     p = full_params(**params)
     cy = np.asarray(cy, dtype=np.float64)
     m = p["margin"]

@@ -1,4 +1,4 @@
-"""Adversarial rows: the edges of every formula in FORMULATION.md, compared with the reference
+"""Adversarial rows: the edges of every formula in docs/FORMULATION.md, compared with the reference
 and, where the answer is known in closed form, with that."""
 import itertools
 import math
@@ -383,7 +383,7 @@ def test_tiny_losses_keep_relative_precision(dtype, target):
     labels = np.zeros(2, dtype=np.int64)
     params = dict(scale=s, margin=m, target=target, hard="none", reduction="none")
     f = math.cos(m) if target == "arc" else 1.0 - m
-    # df/dc at c_y = 1: sin(theta) = 0 is floored at 1e-7 (FORMULATION.md, "Angles")
+    # df/dc at c_y = 1: sin(theta) = 0 is floored at 1e-7 (docs/FORMULATION.md, "Angles")
     df = math.cos(m) + math.sin(m) * 1.0 / 1e-7 if target == "arc" else 1.0
     e = (c - 1) * math.exp(s * (-1.0 - f))
     want_loss = math.log1p(e)

@@ -636,7 +636,7 @@ def test_bitwise_identical_for_every_thread_count(dtype, reduction, block_size):
 # --- 7. consistency with the cosine-logit path -----------------------------------------------
 def chain_rule(gcos, xh, xr, wh, wr):
     """d loss / d x and d loss / d W from d loss / d cos through cos = x^ W^^T and the
-    normalisation (FORMULATION.md, "Head")."""
+    normalisation (docs/FORMULATION.md, "Head")."""
     def back(v_hat, norms, g_hat):
         inner = np.sum(v_hat * g_hat, axis=1, keepdims=True)
         projected = (g_hat - v_hat * inner) / np.maximum(norms, NORM_FLOOR)[:, None]

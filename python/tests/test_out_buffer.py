@@ -1,4 +1,4 @@
-"""The `out=` destination of backward and forward_backward (an addition to API.md)."""
+"""The `out=` destination of backward and forward_backward (an addition to docs/API.md)."""
 import numpy as np
 import pytest
 

@@ -128,7 +128,7 @@ AMM_INLINE amm_f64x8 amm_exp_f64x8(amm_f64x8 x) {
     return AMM_SELECT(V, amm_i64x8, x < (V)(-708.3964185322641), (V)(0.0), e);
 }
 
-/* The negative logit g and dg/dc of FORMULATION.md ("Negative logit", amm kind) for a vector
+/* The negative logit g and dg/dc of docs/FORMULATION.md ("Negative logit", amm kind) for a vector
  * of cosines c: lanes with c > threshold are hard, g = cos(theta - t) with theta the angle of
  * the clamped cosine x (= x cos t + sin(theta) sin t; 1 where theta <= t, that is where
  * x > bound) and dg = cos t - sin t x / max(sin(theta), 1e-7) (0 where theta <= t); easy lanes
