@@ -44,6 +44,15 @@ if HAVE_TORCH:
 MB = 1 << 20
 
 
+def repository_relative(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it, so that the printed results
+    (benchmarks/results/*.txt) name no folder of the machine that ran them."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory
 
@@ -240,7 +249,7 @@ def plot(rows, path: Path):
         a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"plot written to {path}")
+    print(f"plot written to {repository_relative(path)}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,15 @@ if HAVE_TORCH:
     torch_forward_backward = _TORCH_PEER.torch_forward_backward
 
 
+def repository_relative(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it, so that the printed results
+    (benchmarks/results/*.txt) name no folder of the machine that ran them."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # The machine
 
@@ -208,7 +217,7 @@ def plot(rows, path: Path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    print(f"plot written to {repository_relative(path)}")
 
 
 # ------------------------------------------------------------------------------------------------
