@@ -4,9 +4,8 @@ import Glibc
 
 /// Scratch memory of a call's lifetime for the head's large buffers (kept cosines, blocks):
 /// mapped directly and, where the kernel allows it (transparent huge pages in `madvise` mode,
-/// Linux's default), backed by 2 MiB pages. The first touch of a fresh mapping costs a page
-/// fault per page: 24,576 of them for 96 MiB of 4 KiB pages; with huge pages they are 48.
-/// Measured at N = 256, D = 512, C = 100,000 (f32): 468-491 ms a call instead of 502-511.
+/// Linux's default), backed by 2 MiB pages, because the first touch of a fresh mapping costs a
+/// page fault per page: 24,576 of them for 96 MiB of 4 KiB pages, 48 with huge pages.
 struct LargeBuffer<T> {
     let pointer: UnsafeMutablePointer<T>
     private let bytes: Int

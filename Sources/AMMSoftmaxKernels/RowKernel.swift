@@ -1,4 +1,5 @@
 import AMMSoftmaxMath
+import CVectorMath
 import RealModule
 
 /// The loss of one row and its gradient, over SIMD vectors: the unit of work every kernel is
@@ -30,8 +31,9 @@ import RealModule
 /// running sums and the row loss in Double. 1 - p_y is computed as (sum of negative
 /// exponentials) / (total), never as 1 - p_y.
 public enum RowKernel<T: LossScalar> {
-    /// Elements per block: a multiple of the vector width.
-    @inlinable public static var blockSize: Int { 1024 }
+    /// Elements per block: a multiple of the vector width. The C loops' constant, so that the
+    /// two cannot differ.
+    @inlinable public static var blockSize: Int { Int(AMM_ROW_BLOCK_SIZE) }
 
     /// The number of blocks a row of `columns` elements has (the size of `blockReferences`).
     @inlinable

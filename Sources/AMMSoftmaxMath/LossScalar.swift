@@ -33,12 +33,13 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     /// `streamFence()` before the memory is handed over.
     static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Self>)
 
-    /// The one-pass loop over a stretch of negatives (VectorExponentiateStretch.swift).
+    /// The one-pass loop over a stretch of negatives (VectorExponentiateStretch.swift);
+    /// `nanCheck` is the lane-wise sum of c - c, NaN exactly where some cosine was not finite.
     static func exponentiateStretch(
         _ cosines: UnsafePointer<Self>, count: Int, scale: Self, reference: Self,
         negatives: NegativeLogit<Self>, weighted: UnsafeMutablePointer<Self>?,
         copy: StretchCopy<Self>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int)
+    ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int)
 }
 
 // Comparisons and selections live on the concrete vector types, where they compile to single
@@ -65,7 +66,7 @@ extension Float: LossScalar {
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
         negatives: NegativeLogit<Float>, weighted: UnsafeMutablePointer<Float>?,
         copy: StretchCopy<Float>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int) {
+    ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)
     }
@@ -95,7 +96,7 @@ extension Double: LossScalar {
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
         negatives: NegativeLogit<Double>, weighted: UnsafeMutablePointer<Double>?,
         copy: StretchCopy<Double>?
-    ) -> (poison: Vector, maximum: Vector, sum: Double, copied: Int) {
+    ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)
     }

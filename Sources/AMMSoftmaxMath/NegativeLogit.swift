@@ -49,12 +49,11 @@ public struct NegativeLogit<T: LossScalar> {
     // MARK: A vector of values
 
     /// g for every lane.
-    // Not forced inline, here or below: left as a call, the hard-negative arithmetic stays
-    // behind the `any` branch; forced inline (@_transparent), LLVM if-converted it into every
-    // vector and the kernels ran 30% slower on this machine. The row kernels' inner loops do
-    // not call these: they mine a whole block first and apply `minedValues` (forced inline
-    // there: as calls, each vector crossed the call in 128-bit pieces) only to the vectors
-    // that hold a hard negative (RowAccumulator).
+    // Not forced inline, here or below, so that the hard-negative arithmetic stays behind the
+    // `any` branch (forced inline, LLVM if-converts it into every vector). The row kernels'
+    // inner loops do not call these: they mine a whole block first and apply `minedValues`
+    // (forced inline there, so that no vector crosses a call in 128-bit pieces) only to the
+    // vectors that hold a hard negative (RowAccumulator).
     @inlinable
     public func values(_ c: T.Vector) -> T.Vector {
         guard kind != .none, T.vectorAny(c, greaterThan: T.Vector(repeating: threshold)) else {

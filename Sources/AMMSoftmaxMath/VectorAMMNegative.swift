@@ -6,20 +6,18 @@ import CVectorMath
 /// theta <= t, x > bound) and dg/dc = cos t - sin t x / max(sin(theta), 1e-7) (0 where
 /// theta <= t); an easy lane gets c and 1.
 ///
-/// The arithmetic is in CVectorMath, written with clang's vector extensions: the same
-/// expression in Swift's generic SIMD code was re-vectorised by LLVM only in part (scalar and
-/// 128-bit pieces), differently from one build and one call site to the next. sin(theta) is
-/// the IEEE square root of (1 - x)(1 + x), and 1/sin(theta) a division. The two products that
-/// are summed, x cos t + sin(theta) sin t and cos t - (sin t x) / sin(theta), are fused
+/// The arithmetic is in CVectorMath (`amm_angular_negative_*`), written with clang's vector
+/// extensions, because LLVM re-vectorises the same expression in Swift's generic SIMD code only
+/// in part, differently from one build and one call site to the next. sin(theta) is the IEEE
+/// square root of (1 - x)(1 + x), and 1/sin(theta) a division. The two products that are
+/// summed, x cos t + sin(theta) sin t and cos t - (sin t x) / sin(theta), are fused
 /// multiply-adds in the builds with FMA (AVX2, AVX-512), which compute the same bits as each
-/// other; the baseline build rounds the product first (both within the tested bounds). Tried
-/// and dropped: a Newton reciprocal square root in place of the square root and the division
-/// (fewer cycles in the divider, more in the multipliers): 20% slower on this machine.
+/// other; the baseline build rounds the product first (both within the tested bounds).
 extension Float {
     @inlinable @inline(__always)
     public static func vectorAMMNegative(_ c: SIMD16<Float>, threshold: Float, cosT: Float,
                                          sinT: Float, bound: Float) -> SIMD16<Float> {
-        amm_amm_negative_f32x16(c, threshold, cosT, sinT, bound)
+        amm_angular_negative_f32x16(c, threshold, cosT, sinT, bound)
     }
 
     @inlinable @inline(__always)
@@ -28,8 +26,8 @@ extension Float {
         ceiling: Float
     ) -> (value: SIMD16<Float>, derivative: SIMD16<Float>) {
         var value = SIMD16<Float>(), derivative = SIMD16<Float>()
-        amm_amm_negative_and_derivative_f32x16(c, threshold, cosT, sinT, bound, ceiling,
-                                               &value, &derivative)
+        amm_angular_negative_and_derivative_f32x16(c, threshold, cosT, sinT, bound, ceiling,
+                                                   &value, &derivative)
         return (value, derivative)
     }
 }
@@ -38,7 +36,7 @@ extension Double {
     @inlinable @inline(__always)
     public static func vectorAMMNegative(_ c: SIMD8<Double>, threshold: Double, cosT: Double,
                                          sinT: Double, bound: Double) -> SIMD8<Double> {
-        amm_amm_negative_f64x8(c, threshold, cosT, sinT, bound)
+        amm_angular_negative_f64x8(c, threshold, cosT, sinT, bound)
     }
 
     @inlinable @inline(__always)
@@ -47,8 +45,8 @@ extension Double {
         ceiling: Double
     ) -> (value: SIMD8<Double>, derivative: SIMD8<Double>) {
         var value = SIMD8<Double>(), derivative = SIMD8<Double>()
-        amm_amm_negative_and_derivative_f64x8(c, threshold, cosT, sinT, bound, ceiling,
-                                              &value, &derivative)
+        amm_angular_negative_and_derivative_f64x8(c, threshold, cosT, sinT, bound, ceiling,
+                                                  &value, &derivative)
         return (value, derivative)
     }
 }

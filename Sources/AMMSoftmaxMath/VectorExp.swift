@@ -8,8 +8,8 @@ import CVectorMath
 /// which needs no rounding instruction (so baseline SSE2 code stays vectorised) and leaves k in
 /// the low bits of the sum.
 ///
-/// Accuracy, measured against the correctly rounded value over [-87, 0] (Float) and
-/// [-708, 0] (Double) by the tests: at most 2 ulp for Float (a degree-6 polynomial),
+/// Accuracy, as the tests check it against the correctly rounded value over [-87, 0] (Float)
+/// and [-708, 0] (Double): at most 2 ulp for Float (a degree-6 polynomial),
 /// at most 1 ulp for Double (Taylor to degree 13). Domain: results below the smallest normal
 /// number (x < -87.33 for Float, x < -708.39 for Double, and x = -infinity) are flushed to +0;
 /// x must not exceed 88.7 (Float) or 709.7 (Double), which the kernels guarantee: they
@@ -20,9 +20,9 @@ import CVectorMath
 ///
 /// The arithmetic is in CVectorMath (`amm_exp_f32x16`, `amm_exp_f64x8`), written with clang's
 /// vector extensions: each a * b + c of the reduction and the polynomial is one fused
-/// multiply-add in the builds whose CPUs have FMA (AVX2, AVX-512), and a product and a sum in
-/// the baseline x86-64 build. The FMA form runs the forward pass about 10% faster; the builds
-/// with FMA compute the same bits as each other (the AVX-512 build scales by 2^k with
+/// multiply-add in the builds whose CPUs have FMA (AVX2, AVX-512), which shortens the
+/// exponential's dependency chain, and a product and a sum in the baseline x86-64 build. The
+/// builds with FMA compute the same bits as each other (the AVX-512 build scales by 2^k with
 /// vscalefps, exactly as the product does), and the baseline build may differ from them in the
 /// last bit of an exponential (both are within the bounds above, and the tests check each).
 /// The Float polynomial is evaluated by Estrin's scheme, whose shorter dependency chain suits

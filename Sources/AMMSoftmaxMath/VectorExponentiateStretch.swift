@@ -42,18 +42,20 @@ extension NegativeLogit where T == Float {
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
         weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy<Float>? = nil
-    ) -> (poison: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
+    ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
         var mining = amm_mining_f32(
             kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
             ceiling: Float(1 / Angles.sinFloor), slope: slope, offset: offset)
         var out = amm_stretch_f32()
         amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted,
                                      copy?.from, copy?.to, copy?.count ?? 0, &out)
-        let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD16<Float>.self) }
+        let nanCheck = withUnsafeBytes(of: out.nan_check) {
+            $0.loadUnaligned(as: SIMD16<Float>.self)
+        }
         let maximum = withUnsafeBytes(of: out.maximum) {
             $0.loadUnaligned(as: SIMD16<Float>.self)
         }
-        return (poison, maximum, out.sum, out.copied)
+        return (nanCheck, maximum, out.sum, out.copied)
     }
 }
 
@@ -64,17 +66,19 @@ extension NegativeLogit where T == Double {
     public func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
         weighted: UnsafeMutablePointer<Double>?, copy: StretchCopy<Double>? = nil
-    ) -> (poison: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double, copied: Int) {
+    ) -> (nanCheck: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double, copied: Int) {
         var mining = amm_mining_f64(
             kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
             ceiling: 1 / Angles.sinFloor, slope: slope, offset: offset)
         var out = amm_stretch_f64()
         amm_exponentiate_stretch_f64(cosines, count, scale, reference, &mining, weighted,
                                      copy?.from, copy?.to, copy?.count ?? 0, &out)
-        let poison = withUnsafeBytes(of: out.poison) { $0.loadUnaligned(as: SIMD8<Double>.self) }
+        let nanCheck = withUnsafeBytes(of: out.nan_check) {
+            $0.loadUnaligned(as: SIMD8<Double>.self)
+        }
         let maximum = withUnsafeBytes(of: out.maximum) {
             $0.loadUnaligned(as: SIMD8<Double>.self)
         }
-        return (poison, maximum, out.sum, out.copied)
+        return (nanCheck, maximum, out.sum, out.copied)
     }
 }

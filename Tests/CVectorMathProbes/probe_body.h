@@ -36,9 +36,9 @@ void NAME(const S *c, long count, S threshold, S cos_t, S sin_t, S bound, S ceil
     for (long j = 0; j + WIDTH <= count; j += WIDTH) {                                          \
         V v, a;                                                                                  \
         memcpy(&v, c + j, sizeof v);                                                             \
-        amm_amm_negative_and_derivative_##SUFFIX(v, threshold, cos_t, sin_t, bound, ceiling,     \
-                                                 value + j, derivative + j);                     \
-        a = amm_amm_negative_##SUFFIX(v, threshold, cos_t, sin_t, bound);                        \
+        amm_angular_negative_and_derivative_##SUFFIX(v, threshold, cos_t, sin_t, bound, ceiling, \
+                                                     value + j, derivative + j);                 \
+        a = amm_angular_negative_##SUFFIX(v, threshold, cos_t, sin_t, bound);                    \
         memcpy(alone + j, &a, sizeof a);                                                         \
     }                                                                                            \
 }

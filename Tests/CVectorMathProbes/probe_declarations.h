@@ -10,8 +10,8 @@ int AMM_PROBE(compiled_with_fma)(void);
 void AMM_PROBE(exp_f32)(const float *x, float *out, long count);
 void AMM_PROBE(exp_f64)(const double *x, double *out, long count);
 
-/* amm_amm_negative_and_derivative and amm_amm_negative over the arrays; `alone` receives the
-   value computed without the derivative. */
+/* amm_angular_negative_and_derivative and amm_angular_negative over the arrays; `alone`
+   receives the value computed without the derivative. */
 void AMM_PROBE(amm_negative_f32)(const float *c, long count, float threshold, float cos_t,
                                  float sin_t, float bound, float ceiling, float *value,
                                  float *derivative, float *alone);

@@ -15,9 +15,8 @@ const char *amm_image_path(const void *address);
 
 /* A hint to fetch the cache line holding `address` for reading (no effect on results; a no-op
    where unsupported). Inline, so that the row kernels can issue it from their loops.
-   Non-temporal (prefetchnta): the cosines are read once, and kept out of the way of the
-   gradient row, which a forward_backward call writes and then rewrites from the cache (5%
-   faster than prefetcht0, on one thread and on two). */
+   Non-temporal (prefetchnta): the cosines are read once, so they are kept out of the way of
+   the gradient row, which a forward_backward call writes and then rewrites from the cache. */
 static inline void amm_prefetch(const void *address) {
 #if defined(__GNUC__) || defined(__clang__)
     __builtin_prefetch(address, 0, 0);

@@ -6,10 +6,8 @@
  *
  * Why in C: the loop is software-pipelined (each iteration computes the logits of the next four
  * vectors and exponentiates the four before them, two independent chains that the out-of-order
- * core overlaps: the square root and division of the mining with the exponential). Written in
- * Swift, LLVM re-vectorised parts of it lane by lane and it ran 50% slower than this (17.4
- * against 11.7 cycles a vector on this machine's Zen 5 cores); in two passes over each block
- * (mining, then the exponentials) it ran at 14.5.
+ * core overlaps: the square root and division of the mining with the exponential), and LLVM
+ * re-vectorised parts of the same loop written in Swift lane by lane.
  *
  * Bits: each element goes through exactly the operations of the two-pass way (the same mining
  * functions, z = g * s, amm_exp(z - r), e * dg), so an exponential against the same reference
@@ -22,13 +20,17 @@
 
 #include "amm_vector_math.h"
 
+/* Elements in a block of a row (RowKernel.blockSize reads this constant): 4 KiB of f32 or 8 KiB
+ * of f64, so that a block's logits stay in L1; the loops prefetch one block ahead. */
+#define AMM_ROW_BLOCK_SIZE 1024
+
 /* a > b ? a : b lane by lane: one maxps (its operand order and NaN rule), where
  * __builtin_elementwise_max, IEEE maxNum, costs a comparison and a blend more. A NaN cosine is
  * reported by the NaN check, whatever the maximum makes of it. */
 #define AMM_STRETCH_MAX(V, I, a, b) AMM_SELECT(V, I, (a) > (b), (a), (b))
 
 /* The negative logit's variant and constants (NegativeLogit): AMM_MINING_NONE (g = c), AMM
- * (amm_amm_negative), LINEAR (mv-fixed and mv-adaptive: g = c slope + offset where hard). */
+ * (amm_angular_negative), LINEAR (mv-fixed and mv-adaptive: g = c slope + offset where hard). */
 enum { AMM_MINING_NONE = 0, AMM_MINING_AMM = 1, AMM_MINING_LINEAR = 2 };
 
 typedef struct {
@@ -45,13 +47,13 @@ typedef struct {
  * maximum of the logits, as raw vectors, the sum of the exponentials, and how many elements of
  * the copy it made (a multiple of four vectors). */
 typedef struct {
-    float poison[16], maximum[16];
+    float nan_check[16], maximum[16];
     double sum;
     long copied;
 } amm_stretch_f32;
 
 typedef struct {
-    double poison[8], maximum[8];
+    double nan_check[8], maximum[8];
     double sum;
     long copied;
 } amm_stretch_f64;
@@ -60,7 +62,7 @@ typedef struct {
 /* g and dg/dc of one vector for the variant `kind` (a constant where inlined). */                 \
 AMM_INLINE V amm_stretch_value_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind) {             \
     if (kind == AMM_MINING_AMM)                                                                    \
-        return amm_amm_negative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t, m->bound);        \
+        return amm_angular_negative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t, m->bound);    \
     if (kind == AMM_MINING_LINEAR)                                                                 \
         return AMM_SELECT(V, I, c > (V)(m->threshold), c * (V)(m->slope) + (V)(m->offset), c);     \
     return c;                                                                                      \
@@ -69,8 +71,8 @@ AMM_INLINE V amm_stretch_value_slope_##SUFFIX(V c, const amm_mining_##SUFFIX *m,
                                               V *slope) {                                          \
     if (kind == AMM_MINING_AMM) {                                                                  \
         V g, dg;                                                                                   \
-        amm_amm_negative_and_derivative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t,           \
-                                                    m->bound, m->ceiling, &g, &dg);                \
+        amm_angular_negative_and_derivative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t,       \
+                                                        m->bound, m->ceiling, &g, &dg);            \
         *slope = dg;                                                                               \
         return g;                                                                                  \
     }                                                                                              \
@@ -120,7 +122,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
                                           amm_stretch_##SUFFIX *out) {                             \
     const long width = sizeof(V) / sizeof(S), step = 4 * width, flushEvery = 16 * step;            \
     const V s = (V)(scale), shift = (V)(reference);                                                \
-    V poison = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                              \
+    V nan_check = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                           \
     D2 total = (D2)(0);                                                                            \
     V z0, z1, z2, z3, d0 = (V)(1), d1 = (V)(1), d2 = (V)(1), d3 = (V)(1);                          \
     long j = 0, copied = 0;                                                                        \
@@ -128,7 +130,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
         V c0 = amm_stretch_load_##SUFFIX(c), c1 = amm_stretch_load_##SUFFIX(c + width);            \
         V c2 = amm_stretch_load_##SUFFIX(c + 2 * width);                                           \
         V c3 = amm_stretch_load_##SUFFIX(c + 3 * width);                                           \
-        poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                                   \
+        nan_check += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                                \
         {                                                                                          \
             const V cs[4] = {c0, c1, c2, c3};                                                      \
             V zs[4], ds[4];                                                                        \
@@ -141,14 +143,15 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
             V y0 = z0, y1 = z1, y2 = z2, y3 = z3, h0 = d0, h1 = d1, h2 = d2, h3 = d3;              \
             if (more) {                                                                            \
                 for (int line = 0; line < 4; line++) {                                             \
-                    __builtin_prefetch(c + j + line * width + 1024, 0, 0);                         \
-                    if (weighted) __builtin_prefetch(weighted + j + line * width + 1024, 1, 3);    \
+                    __builtin_prefetch(c + j + line * width + AMM_ROW_BLOCK_SIZE, 0, 0);           \
+                    if (weighted)                                                                  \
+                        __builtin_prefetch(weighted + j + line * width + AMM_ROW_BLOCK_SIZE, 1, 3);\
                 }                                                                                  \
                 c0 = amm_stretch_load_##SUFFIX(c + j);                                             \
                 c1 = amm_stretch_load_##SUFFIX(c + j + width);                                     \
                 c2 = amm_stretch_load_##SUFFIX(c + j + 2 * width);                                 \
                 c3 = amm_stretch_load_##SUFFIX(c + j + 3 * width);                                 \
-                poison += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                           \
+                nan_check += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                        \
                 const V cs[4] = {c0, c1, c2, c3};                                                  \
                 V ys[4], hs[4];                                                                    \
                 amm_stretch_logits4_##SUFFIX(cs, m, kind, s, ys, weighted ? hs : 0);               \
@@ -188,7 +191,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
     for (; j + width <= count; j += width) { /* fewer than four vectors left */                    \
         const V cj = amm_stretch_load_##SUFFIX(c + j);                                             \
         V dj = (V)(1);                                                                             \
-        poison += cj - cj;                                                                         \
+        nan_check += cj - cj;                                                                      \
         const V z = (weighted ? amm_stretch_value_slope_##SUFFIX(cj, m, kind, &dj)                 \
                               : amm_stretch_value_##SUFFIX(cj, m, kind)) * s;                      \
         maximum = AMM_STRETCH_MAX(V, I, maximum, z);                                               \
@@ -201,7 +204,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
     for (int k = 0; k < (int)(sizeof(D2) / sizeof(double)); k++) lanes += total[k];                \
     out->sum = lanes;                                                                              \
     out->copied = copied;                                                                          \
-    __builtin_memcpy(out->poison, &poison, sizeof poison);                                         \
+    __builtin_memcpy(out->nan_check, &nan_check, sizeof nan_check);                                \
     __builtin_memcpy(out->maximum, &maximum, sizeof maximum);                                      \
 }                                                                                                  \
 /* The stretch of `count` cosines at c (a multiple of the vector width), exponentiated against     \
@@ -214,24 +217,27 @@ AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scal
     switch (m->kind) {                                                                             \
     case AMM_MINING_AMM:                                                                           \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, weighted, copy_from,       \
-                                      copy_to, copy_count, out);                                   \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_AMM, weighted,     \
+                                      copy_from, copy_to, copy_count, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 1, 0, 0, 0, 0, out);          \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_AMM, 0, 0, 0,      \
+                                      0, out);                                                     \
         return;                                                                                    \
     case AMM_MINING_LINEAR:                                                                        \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, weighted, copy_from,       \
-                                      copy_to, copy_count, out);                                   \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_LINEAR, weighted,  \
+                                      copy_from, copy_to, copy_count, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 2, 0, 0, 0, 0, out);          \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_LINEAR, 0, 0, 0,   \
+                                      0, out);                                                     \
         return;                                                                                    \
     default:                                                                                       \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, weighted, copy_from,       \
-                                      copy_to, copy_count, out);                                   \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_NONE, weighted,    \
+                                      copy_from, copy_to, copy_count, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, 0, 0, 0, 0, 0, out);          \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_NONE, 0, 0, 0,     \
+                                      0, out);                                                     \
         return;                                                                                    \
     }                                                                                              \
 }

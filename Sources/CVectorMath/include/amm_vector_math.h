@@ -1,12 +1,10 @@
 /* Vector arithmetic the row kernels need and Swift's SIMD types do not give reliably.
  *
- * Swift's SIMD arithmetic is written as loops over the lanes, which LLVM has to turn back into
- * vector instructions; in the amm kernels it often did so only in part (scalar and 128-bit
- * pieces, at half speed or worse), and Swift's squareRoot() on a vector calls the C library's
- * sqrtf lane by lane. Here the same arithmetic is written with clang's vector extensions, which
- * are vector instructions by construction: the exponential, the amm re-weighting of hard
- * negatives (with an IEEE square root, sqrtps / vsqrtps, and a division) and "is any lane
- * greater".
+ * Why C: Swift's SIMD arithmetic is loops over the lanes that LLVM must turn back into vector
+ * instructions, which it does unreliably (and a vector's squareRoot() calls sqrtf lane by lane),
+ * whereas clang's vector extensions are vector instructions by construction. Here: the
+ * exponential, the amm re-weighting of hard negatives (with an IEEE square root, sqrtps /
+ * vsqrtps, and a division) and "is any lane greater".
  *
  * Bits: every operation is an IEEE operation on each lane (+, -, *, /, sqrt, fused
  * multiply-add, comparisons and selections). The compiler's contraction into fused
@@ -128,15 +126,16 @@ AMM_INLINE amm_f64x8 amm_exp_f64x8(amm_f64x8 x) {
     return AMM_SELECT(V, amm_i64x8, x < (V)(-708.3964185322641), (V)(0.0), e);
 }
 
-/* The negative logit g and dg/dc of docs/FORMULATION.md ("Negative logit", amm kind) for a vector
- * of cosines c: lanes with c > threshold are hard, g = cos(theta - t) with theta the angle of
+/* The negative logit g and dg/dc of docs/FORMULATION.md ("Negative logit", amm kind, whose
+ * margin is an angle: hence "angular", as against the mv kinds' linear map) for a vector of
+ * cosines c: lanes with c > threshold are hard, g = cos(theta - t) with theta the angle of
  * the clamped cosine x (= x cos t + sin(theta) sin t; 1 where theta <= t, that is where
  * x > bound) and dg = cos t - sin t x / max(sin(theta), 1e-7) (0 where theta <= t); easy lanes
  * give g = c, dg = 1. `ceiling` is 1 / 1e-7 as the caller's type rounds it. The pair goes
  * out through two pointers to one vector each (a struct of vectors does not import into
  * Swift); inlined, the copies vanish. */
-#define AMM_DEFINE_AMM_NEGATIVE(SUFFIX, V, I, S)                                                 \
-AMM_INLINE V amm_amm_negative_##SUFFIX(V c, S threshold, S cos_t, S sin_t, S bound) {            \
+#define AMM_DEFINE_ANGULAR_NEGATIVE(SUFFIX, V, I, S)                                             \
+AMM_INLINE V amm_angular_negative_##SUFFIX(V c, S threshold, S cos_t, S sin_t, S bound) {        \
     const V one = (V)(1), minus_one = (V)(-1);                                                   \
     V x = AMM_SELECT(V, I, c > one, one, c);                                                     \
     x = AMM_SELECT(V, I, minus_one > x, minus_one, x);                                           \
@@ -145,9 +144,9 @@ AMM_INLINE V amm_amm_negative_##SUFFIX(V c, S threshold, S cos_t, S sin_t, S bou
                            AMM_MUL_ADD(x, (V)(cos_t), sine * (V)(sin_t)));                       \
     return AMM_SELECT(V, I, c > (V)(threshold), g, c);                                           \
 }                                                                                                \
-AMM_INLINE void amm_amm_negative_and_derivative_##SUFFIX(V c, S threshold, S cos_t, S sin_t,    \
-                                                          S bound, S ceiling_, void *value,      \
-                                                          void *derivative) {                    \
+AMM_INLINE void amm_angular_negative_and_derivative_##SUFFIX(V c, S threshold, S cos_t,         \
+                                                              S sin_t, S bound, S ceiling_,      \
+                                                              void *value, void *derivative) {   \
     const V one = (V)(1), minus_one = (V)(-1), zero = (V)(0), ceiling = (V)(ceiling_);         \
     V x = AMM_SELECT(V, I, c > one, one, c);                                                     \
     x = AMM_SELECT(V, I, minus_one > x, minus_one, x);                                           \
@@ -164,7 +163,7 @@ AMM_INLINE void amm_amm_negative_and_derivative_##SUFFIX(V c, S threshold, S cos
     __builtin_memcpy(derivative, &derivative_, sizeof derivative_);                              \
 }
 
-AMM_DEFINE_AMM_NEGATIVE(f32x16, amm_f32x16, amm_i32x16, float)
-AMM_DEFINE_AMM_NEGATIVE(f64x8, amm_f64x8, amm_i64x8, double)
+AMM_DEFINE_ANGULAR_NEGATIVE(f32x16, amm_f32x16, amm_i32x16, float)
+AMM_DEFINE_ANGULAR_NEGATIVE(f64x8, amm_f64x8, amm_i64x8, double)
 
 #endif
