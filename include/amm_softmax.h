@@ -14,6 +14,9 @@
  * then reduced over the rows (mean, sum or none), and the gradient of that loss with respect to
  * every cos[i, j].
  *
+ * License: MIT (the LICENSE file at the root of the repository). The public names and the
+ * version each appeared in: docs/API.md.
+ *
  * CONVENTIONS (every function)
  *   - Matrices are dense and row-major: element (i, j) of an n x c matrix is at [i * c + j].
  *   - Inputs are never written. Outputs are written only by the function that fills them, and
@@ -56,10 +59,24 @@
 extern "C" {
 #endif
 
-/* The version of this header. amm_version() returns the version of the library loaded. */
+/* The version of this header. amm_version() and amm_version_number() return the version of the
+   library loaded, which may differ: compare amm_version_number() with AMM_VERSION_NUMBER at run
+   time to detect a library older than the header a program was compiled against. */
 #define AMM_VERSION_MAJOR 0
 #define AMM_VERSION_MINOR 2
-#define AMM_VERSION_PATCH 0
+#define AMM_VERSION_PATCH 1
+#define AMM_VERSION_NUMBER (AMM_VERSION_MAJOR * 10000 + AMM_VERSION_MINOR * 100 + AMM_VERSION_PATCH)
+
+/* Marks every function of the library's interface: exported from the shared library when
+   building it, plain declarations for users (the library is built with default visibility,
+   so users need nothing more; the macro keeps that explicit should the build hide symbols). */
+#ifndef AMM_API
+#  if defined(__GNUC__) || defined(__clang__)
+#    define AMM_API __attribute__((visibility("default")))
+#  else
+#    define AMM_API
+#  endif
+#endif
 
 /* ---------------------------------------------------------------------------------------------
  * Status codes. Every computing function returns one of these (as an int).
@@ -83,7 +100,7 @@ typedef enum amm_status {
 
 /* The name of a status code as in this header ("AMM_OK", "AMM_ERR_LABEL", ...), or
    "AMM_ERR_UNKNOWN" for a value that is not one. A static string: never free it. Thread-safe. */
-const char *amm_status_name(int status);
+AMM_API const char *amm_status_name(int status);
 
 /* ---------------------------------------------------------------------------------------------
  * Variants
@@ -134,7 +151,7 @@ typedef struct amm_params {
     /* Since 0.2: */
     int64_t  head_block_size; /* classes per block of amm_head_forward_backward_*; 0 (default)
                                  picks the documented rule (see there). Must be >= 0.          */
-    int64_t *hard_negatives;  /* optional output, NULL by default: when not NULL, every
+    int64_t *hard_negatives;  /* optional OUTPUT, NULL by default: when not NULL, every
                                  computing function writes here, for each of the n rows, the
                                  number of negatives mined as hard (cos[i, j] > f(c_y), j != y;
                                  0 for ignored rows). The caller owns the n values (and must
@@ -146,10 +163,26 @@ typedef struct amm_params {
    num_threads = 0, ignore_index = -100; head_block_size = 0, hard_negatives = NULL) and sets
    p->struct_size = sizeof(amm_params).
    Does nothing when p is NULL. Thread-safe. */
-void amm_params_init(amm_params *p);
+AMM_API void amm_params_init(amm_params *p);
 
 /* The library's version as "MAJOR.MINOR.PATCH". A static string: never free it. Thread-safe. */
-const char *amm_version(void);
+AMM_API const char *amm_version(void);
+
+/* The library's version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (0.2.1 is 201), to
+   compare with AMM_VERSION_NUMBER. Since 0.2.1. Thread-safe. */
+AMM_API uint32_t amm_version_number(void);
+
+/* Checks *p against every parameter domain without computing anything: struct_size, the
+   variants (target, hard, reduction), scale, margin, hard_margin, num_threads and
+   head_block_size, in that order, exactly as every computing function checks them first (one
+   definition of the domains, which the Python package also calls; head_block_size is checked
+   by the head only: the loss functions never read it and accept any value there). Returns AMM_OK, or
+   AMM_ERR_NULL_POINTER when p is NULL, or AMM_ERR_PARAM with amm_last_error() naming the
+   first field out of its domain and its value, e.g. "amm_params_validate: parameter scale =
+   -1.0 is invalid: must be finite and > 0". The element-type check of the scale (finite as a
+   float for the _f32 functions) is made by those functions, not here. Reads *p only. Since
+   0.2.1. Thread-safe. */
+AMM_API int amm_params_validate(const amm_params *p);
 
 /* The build of the row kernels this process uses: "avx512" (x86-64-v4), "avx2" (x86-64-v3)
    or "portable" (any x86-64). The library picks the fastest that the CPU supports and that is
@@ -157,19 +190,32 @@ const char *amm_version(void);
    process; the environment variable AMM_SOFTMAX_KERNELS=portable|avx2|avx512 caps the choice.
    "avx2" and "avx512" compute bitwise the same results; "portable", which has no fused
    multiply-add, agrees with them to within rounding (the last bits of a value). A static
-   string: never free it. Thread-safe. */
-const char *amm_kernel_build(void);
+   string: never free it. Thread-safe.
+   A build library is refused, and the next build down runs, when it is missing, cannot be
+   loaded, or does not answer the kernel-table handshake of this library (a version and a
+   size, checked so that a stale build library left beside a newer libAMMSoftmax.so can never
+   run): amm_kernel_build_detail() says which and why. */
+AMM_API const char *amm_kernel_build(void);
+
+/* How amm_kernel_build() was chosen: one line per build considered, fastest first, each
+   "BUILD: selected" or "BUILD: " and why it was passed over ("not supported by this CPU",
+   "libAMMSoftmaxAVX512.so not found beside libAMMSoftmax.so", "... refused: its kernel table
+   (ABI 1, 96 bytes) does not match this library's ...", "above the AMM_SOFTMAX_KERNELS
+   request"). A static string: never free it. Since 0.2.1. Thread-safe. */
+AMM_API const char *amm_kernel_build_detail(void);
 
 /* The message of the last failed call made on the calling thread, or "" if none has failed.
    The string is owned by the library and stays valid until the next failing call on the same
    thread; copy it to keep it. Thread-safe (each thread has its own message). */
-const char *amm_last_error(void);
+AMM_API const char *amm_last_error(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Loss on cosine logits
  *
  * Shared parameters:
- *   p          parameters (see amm_params); read only.
+ *   p          parameters (see amm_params). The struct itself is never written; when
+ *              p->hard_negatives is not NULL, the n counts it points to are written (they are
+ *              an output that travels in the struct so that the signatures stay fixed).
  *   cos        n x c row-major cosines; read only. Values outside [-1, 1] are clamped where an
  *              angle is taken (docs/FORMULATION.md, "Angles"); NaN or infinity is an error in a row
  *              that is not ignored.
@@ -179,25 +225,25 @@ const char *amm_last_error(void);
  * ------------------------------------------------------------------------------------------- */
 
 /* The loss. loss: 1 value (mean, sum) or n values (none), written. */
-int amm_forward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
-                    const int64_t *labels, float *loss);
-int amm_forward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
-                    const int64_t *labels, double *loss);
+AMM_API int amm_forward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                            const int64_t *labels, float *loss);
+AMM_API int amm_forward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                            const int64_t *labels, double *loss);
 
 /* The gradient of the loss with respect to cos, times the upstream gradient.
    grad_loss: 1 value (mean, sum) or n values (none), finite; read only.
    grad_cos:  n x c, written (ignored rows are all zero). */
-int amm_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
-                     const int64_t *labels, const float *grad_loss, float *grad_cos);
-int amm_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
-                     const int64_t *labels, const double *grad_loss, double *grad_cos);
+AMM_API int amm_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                             const int64_t *labels, const float *grad_loss, float *grad_cos);
+AMM_API int amm_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                             const int64_t *labels, const double *grad_loss, double *grad_cos);
 
 /* Both at once, with an upstream gradient of 1, in the time of one backward call.
    loss: 1 value (mean, sum) or n values (none), written. grad_cos: n x c, written. */
-int amm_forward_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
-                             const int64_t *labels, float *loss, float *grad_cos);
-int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
-                             const int64_t *labels, double *loss, double *grad_cos);
+AMM_API int amm_forward_backward_f32(const amm_params *p, const float *cos, int64_t n, int64_t c,
+                                     const int64_t *labels, float *loss, float *grad_cos);
+AMM_API int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
+                                     const int64_t *labels, double *loss, double *grad_cos);
 
 /* ---------------------------------------------------------------------------------------------
  * The fused head (since 0.2)
@@ -237,14 +283,14 @@ int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, 
  * (openblas_set_num_threads: a process-wide setting). Errors: as for the functions
  * above; a NaN or infinity is reported as "embeddings[i, k]" or "weights[j, k]".
  * ------------------------------------------------------------------------------------------- */
-int amm_head_forward_backward_f32(const amm_params *p, const float *embeddings,
-                                  const float *weights, int64_t n, int64_t d, int64_t c,
-                                  const int64_t *labels, float *loss,
-                                  float *grad_embeddings, float *grad_weights);
-int amm_head_forward_backward_f64(const amm_params *p, const double *embeddings,
-                                  const double *weights, int64_t n, int64_t d, int64_t c,
-                                  const int64_t *labels, double *loss,
-                                  double *grad_embeddings, double *grad_weights);
+AMM_API int amm_head_forward_backward_f32(const amm_params *p, const float *embeddings,
+                                          const float *weights, int64_t n, int64_t d, int64_t c,
+                                          const int64_t *labels, float *loss,
+                                          float *grad_embeddings, float *grad_weights);
+AMM_API int amm_head_forward_backward_f64(const amm_params *p, const double *embeddings,
+                                          const double *weights, int64_t n, int64_t d, int64_t c,
+                                          const int64_t *labels, double *loss,
+                                          double *grad_embeddings, double *grad_weights);
 
 #ifdef __cplusplus
 }

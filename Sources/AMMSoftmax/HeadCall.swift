@@ -15,19 +15,12 @@ struct HeadCall<T: GEMMScalar> {
     let gradWeights: UnsafeMutablePointer<T>?
 
     func run() throws(ABIError) {
-        let parameters = try LossParameters(abi: params)
-        let blockSize = try headBlockSize(params!)
+        let abi = try ABIParameters(reading: params, checkingHeadBlockSize: true)
+        let parameters = abi.loss
+        do { try HeadKernel.validateShape(rows: n, dimension: d, classes: c) } catch {
+            throw ABIError(error)
+        }
         let rows = Int(n), dimension = Int(d), classes = Int(c)
-        guard d >= 1 else { throw ABIError(AMM_ERR_SHAPE, "d = \(d) is invalid: must be >= 1") }
-        do { try validateShape(rows: rows, classes: classes) } catch { throw ABIError(error) }
-        for (name, value) in [("n", n), ("d", d), ("c", c)] where value > Int64(Int32.max) {
-            throw ABIError(AMM_ERR_SHAPE, "\(name) = \(value) is too large: at most "
-                + "\(Int32.max) (OpenBLAS indices)")
-        }
-        for (name, a, b) in [("n * d", rows, dimension), ("c * d", classes, dimension)]
-            where a.multipliedReportingOverflow(by: b).overflow {
-            throw ABIError(AMM_ERR_SHAPE, "\(name) = \(a) * \(b) overflows a 64-bit element count")
-        }
         let perRowCount = parameters.reduction == .none ? rows : 1
         try require(embeddings, "embeddings", elements: rows * dimension)
         try require(weights, "weights", elements: classes * dimension)
@@ -39,10 +32,10 @@ struct HeadCall<T: GEMMScalar> {
             try validateLabels(UnsafeBufferPointer(start: labels, count: rows),
                                classes: classes, ignoreIndex: parameters.ignoreIndex)
             try HeadKernel.run(
-                parameters: parameters, blockSize: blockSize, embeddings: embeddings,
+                parameters: parameters, blockSize: abi.headBlockSize, embeddings: embeddings,
                 weights: weights, rows: rows, dimension: dimension, classes: classes,
                 labels: labels, loss: loss, gradEmbeddings: gradEmbeddings,
-                gradWeights: gradWeights!, hardNegatives: hardNegativeCounts(params!))
+                gradWeights: gradWeights!, hardNegatives: abi.hardNegatives)
         } catch { throw ABIError(error) }
     }
 }

@@ -17,7 +17,8 @@ struct LossCall<T: LossScalar> {
     var gradCos: UnsafeMutablePointer<T>? = nil
 
     func run() throws(ABIError) {
-        let parameters = try LossParameters(abi: params)
+        let abi = try ABIParameters(reading: params, checkingHeadBlockSize: false)
+        let parameters = abi.loss
         let rows = Int(n), columns = Int(c)
         do { try validateShape(rows: rows, classes: columns) } catch { throw ABIError(error) }
 
@@ -28,25 +29,20 @@ struct LossCall<T: LossScalar> {
         if mode != .backward { try require(loss, "loss", elements: perRowCount) }
         if mode == .backward { try require(gradLoss, "grad_loss", elements: perRowCount) }
         if mode != .forward { try require(gradCos, "grad_cos", elements: rows * columns) }
-        let counts = hardNegativeCounts(params!)
-
         do {
             try validateLabels(UnsafeBufferPointer(start: labels, count: rows),
                                classes: columns, ignoreIndex: parameters.ignoreIndex)
-        } catch { throw ABIError(error) }
-        if mode == .backward, let gradLoss {
-            for k in 0..<perRowCount where !gradLoss[k].isFinite {
+            if mode == .backward {
                 // Named as the C parameter is (the Swift and Python APIs call it grad_output).
-                throw ABIError(AMM_ERR_NONFINITE, "grad_loss[\(k)] = \(gradLoss[k]) is not finite")
+                try validateGradOutput(UnsafeBufferPointer(start: gradLoss, count: perRowCount),
+                                       name: "grad_loss")
             }
-        }
-        do {
             try LossKernels.run(
                 parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
                 outputs: .init(loss: mode == .backward ? nil : loss,
                                gradient: mode == .forward ? nil : gradCos,
                                upstream: mode == .backward ? gradLoss : nil,
-                               hardNegatives: counts))
+                               hardNegatives: abi.hardNegatives))
         } catch { throw ABIError(error) }
     }
 }

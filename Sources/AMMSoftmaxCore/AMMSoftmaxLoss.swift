@@ -33,9 +33,7 @@ public struct AMMSoftmaxLoss: Sendable {
             throw .shape("grad_output has \(gradOutput.count) values but must have \(expected) "
                 + "for reduction \(parameters.reduction)")
         }
-        for (k, g) in gradOutput.enumerated() where !g.isFinite {
-            throw .nonFiniteGradOutput(index: k, value: Double(g))
-        }
+        try validateGradOutput(gradOutput)
         return try run(cos: cos, labels: labels, classes: classes, upstream: gradOutput,
                        wantsGradient: true).gradient
     }

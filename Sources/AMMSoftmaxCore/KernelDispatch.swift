@@ -24,47 +24,113 @@ public enum KernelDispatch {
         case avx512, avx2, portable
     }
 
-    /// The build in use and its table.
-    static let selected: (build: Build, table: RowKernelTable) = select()
+    /// The build in use, its table, and how it was chosen.
+    static let selected: (build: Build, table: RowKernelTable, detail: String) = select()
 
     /// The name of the build in use ("avx512", "avx2" or "portable").
     public static var buildName: String { selected.build.rawValue }
 
+    /// How the build in use was chosen: one line per build considered, fastest first, each
+    /// saying why it was passed over ("not supported by this CPU", "not found", "refused: ...",
+    /// "above the AMM_SOFTMAX_KERNELS request") or that it was selected.
+    public static var selectionDetail: String { selected.detail }
+
     static let portable = RowKernelTable.compiledHere()
 
-    private static func select() -> (Build, RowKernelTable) {
-        let request = getenv("AMM_SOFTMAX_KERNELS").flatMap { Build(rawValue: String(cString: $0)) }
+    private static func select() -> (Build, RowKernelTable, String) {
+        let requestText = getenv("AMM_SOFTMAX_KERNELS").map { String(cString: $0) }
+        let request = requestText.flatMap { Build(rawValue: $0) }
         let supported: [Build: Bool] = [
             .avx512: amm_cpu_supports_x86_64_v4() != 0,
             .avx2: amm_cpu_supports_x86_64_v3() != 0,
             .portable: true,
         ]
-        let ceiling = Build.allCases.firstIndex(of: request ?? .avx512)!
-        for build in Build.allCases[ceiling...] where supported[build] == true {
-            if build == .portable { return (.portable, portable) }
-            if let table = load(build) { return (build, table) }
+        var lines: [String] = []
+        if let requestText, request == nil {
+            lines.append("AMM_SOFTMAX_KERNELS=\(requestText) is not a build (avx512, avx2, "
+                + "portable): ignored")
         }
-        return (.portable, portable)
+        let ceiling = Build.allCases.firstIndex(of: request ?? .avx512)!
+        for build in Build.allCases[..<ceiling] {
+            lines.append("\(build.rawValue): above the AMM_SOFTMAX_KERNELS request")
+        }
+        for build in Build.allCases[ceiling...] {
+            if build == .portable {
+                lines.append("portable: selected (compiled into this library)")
+                return (.portable, portable, lines.joined(separator: "\n"))
+            }
+            guard supported[build] == true else {
+                lines.append("\(build.rawValue): not supported by this CPU")
+                continue
+            }
+            switch load(build) {
+            case .success(let table):
+                lines.append("\(build.rawValue): selected")
+                return (build, table, lines.joined(separator: "\n"))
+            case .failure(let refusal):
+                lines.append("\(build.rawValue): \(refusal.reason)")
+            }
+        }
+        return (.portable, portable, lines.joined(separator: "\n"))  // not reached
     }
 
-    /// Loads libAMMSoftmax<BUILD>.so from this image's folder and asks it for its table.
-    private static func load(_ build: Build) -> RowKernelTable? {
+    /// Why a build library could not be used.
+    struct Refusal: Error {
+        let reason: String
+    }
+
+    /// Loads libAMMSoftmax<BUILD>.so from this image's folder, checks its handshake, and asks
+    /// it for its table.
+    private static func load(_ build: Build) -> Result<RowKernelTable, Refusal> {
         #if canImport(Glibc)
         let anchor = unsafeBitCast(portable.statisticsF32, to: UnsafeRawPointer.self)
-        guard let imagePath = amm_image_path(anchor) else { return nil }
+        guard let imagePath = amm_image_path(anchor) else {
+            return .failure(Refusal(reason: "the folder of this library is unknown"))
+        }
         let image = String(cString: imagePath)
         let folder = image.lastIndex(of: "/").map { String(image[..<$0]) } ?? "."
-        let name = build == .avx512 ? "AVX512" : "AVX2"
-        guard let handle = dlopen("\(folder)/libAMMSoftmax\(name).so", RTLD_NOW | RTLD_LOCAL),
-              let symbol = dlsym(handle, "amm_internal_row_kernels_\(build.rawValue)")
-        else { return nil }
-        typealias Fill = @convention(c) (UnsafeMutableRawPointer) -> Void
-        let fill = unsafeBitCast(symbol, to: Fill.self)
+        let file = "libAMMSoftmax\(build == .avx512 ? "AVX512" : "AVX2").so"
+        let path = "\(folder)/\(file)"
+        guard access(path, F_OK) == 0 else {
+            return .failure(Refusal(reason: "\(file) not found beside "
+                + (image.split(separator: "/").last.map(String.init) ?? image)))
+        }
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            let why = dlerror().map { String(cString: $0) } ?? "unknown reason"
+            return .failure(Refusal(reason: "\(file) could not be loaded: \(why)"))
+        }
+        // The library stays loaded for the life of the process once its table is taken; a
+        // refused one is closed.
+        guard let handshakeSymbol = dlsym(handle, RowKernelTable.handshakeSymbol(build.rawValue)),
+              let fillSymbol = dlsym(handle, RowKernelTable.fillSymbol(build.rawValue))
+        else {
+            dlclose(handle)
+            return .failure(Refusal(reason: "\(file) refused: it has no kernel-table handshake "
+                + "(built by an older version; rebuild or reinstall it with this library)"))
+        }
+        typealias Handshake = @convention(c) () -> UInt64
+        typealias Fill = @convention(c) (UnsafeMutableRawPointer, Int) -> Int32
+        let theirs = unsafeBitCast(handshakeSymbol, to: Handshake.self)()
+        let ours = RowKernelTable.handshake
+        guard theirs == ours else {
+            dlclose(handle)
+            return .failure(Refusal(reason: "\(file) refused: its kernel table (ABI "
+                + "\(theirs >> 32), \(theirs & 0xFFFF_FFFF) bytes) does not match this "
+                + "library's (ABI \(ours >> 32), \(ours & 0xFFFF_FFFF) bytes); rebuild or "
+                + "reinstall both together"))
+        }
         var table = portable
-        withUnsafeMutableBytes(of: &table) { fill($0.baseAddress!) }
-        return table  // the library stays loaded for the life of the process
+        let status = withUnsafeMutableBytes(of: &table) {
+            unsafeBitCast(fillSymbol, to: Fill.self)($0.baseAddress!, $0.count)
+        }
+        guard status == 0 else {
+            dlclose(handle)
+            return .failure(Refusal(reason: "\(file) refused to fill a table of "
+                + "\(MemoryLayout<RowKernelTable>.size) bytes"))
+        }
+        return .success(table)
         #else
-        return nil
+        return .failure(Refusal(reason: "dynamic loading is not available on this platform"))
         #endif
     }
 }

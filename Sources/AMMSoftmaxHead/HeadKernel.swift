@@ -53,11 +53,33 @@ public enum HeadKernel {
         return Swift.max(1, Swift.min(c, 8192, fitting))
     }
 
+    /// Checks a head call's shape: D >= 1, then N >= 0 and C >= 1 with N * C representable, then
+    /// every dimension within OpenBLAS's 32-bit indices and N * D, C * D representable.
+    public static func validateShape(rows n: Int64, dimension d: Int64,
+                                     classes c: Int64) throws(LossError) {
+        guard d >= 1 else { throw .shape("d = \(d) is invalid: must be >= 1") }
+        try AMMSoftmaxMath.validateShape(rows: Int(n), classes: Int(c))
+        for (name, value) in [("n", n), ("d", d), ("c", c)] where value > Int64(Int32.max) {
+            throw .shape("\(name) = \(value) is too large: at most \(Int32.max) (OpenBLAS indices)")
+        }
+        for (name, a, b) in [("n * d", Int(n), Int(d)), ("c * d", Int(c), Int(d))]
+            where a.multipliedReportingOverflow(by: b).overflow {
+            throw .shape("\(name) = \(a) * \(b) overflows a 64-bit element count")
+        }
+    }
+
+    /// Checks a requested block size: 0 (the automatic rule) or a positive number of classes.
+    public static func validateBlockSize(_ requested: Int64) throws(LossError) {
+        guard requested >= 0 else {
+            throw .parameter(name: "head_block_size", value: "\(requested)",
+                             requirement: ">= 0 (0 = automatic)")
+        }
+    }
+
     /// Computes the loss and both gradients (and, if `hardNegatives` is given, each row's
     /// number of negatives mined as hard; 0 for ignored rows).
     ///
-    /// - Precondition: parameters, shape (N >= 0, D >= 1, C >= 1, every product representable
-    ///   and every dimension within 32-bit BLAS indices) and labels are valid; pointers are
+    /// - Precondition: parameters, shape (`validateShape`) and labels are valid; pointers are
     ///   valid for their sizes (nil only for zero elements).
     /// - Throws: `.parameter` for a scale not finite in T; `.nonFiniteInput` for the first NaN
     ///   or infinity in the embeddings of a row that is not ignored, then in the weights;
@@ -72,188 +94,23 @@ public enum HeadKernel {
         gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil,
         keepBudget keep: Int = keepBudget
     ) throws(LossError) {
-        try BLASThreads.singleThreaded { () throws(LossError) in
-            try compute(parameters: parameters, blockSize: requested, embeddings: embeddings,
-                        weights: weights, rows: n, dimension: d, classes: c, labels: labels,
-                        loss: loss, gradEmbeddings: gradEmbeddings, gradWeights: gradWeights,
-                        hardNegatives: hardNegatives, keepBudget: keep)
-        }
-    }
-
-    static func compute<T: GEMMScalar>(
-        parameters: LossParameters, blockSize requested: Int,
-        embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
-        rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
-        loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
-        gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>?,
-        keepBudget keep: Int
-    ) throws(LossError) {
         try parameters.validateScale(for: T.self)
-        let ignore = parameters.ignoreIndex
-        let kept = (0..<n).map { labels![$0] != ignore }
-        let counted = kept.filter { $0 }.count
-        let reduction = parameters.reduction
-        // The factor of every row's gradient: 1/count for mean (upstream 1).
-        let rowFactor = reduction == .mean ? (counted > 0 ? 1 / Double(counted) : 0) : 1
-        let threads = parameters.numThreads == 0 ? RowParallel.availableCores
-                                                  : parameters.numThreads
-        let xHat = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * d, 1))
-        let xNorms = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(n, 1))
-        defer { xHat.deallocate(); xNorms.deallocate() }
-        if let bad = RowNormalization.normalize(embeddings ?? UnsafePointer(xHat), count: n,
-                                                dimension: d, into: xHat, norms: xNorms,
-                                                skip: { !kept[$0] }) {
-            throw .nonFiniteInput(name: "embeddings", row: bad.row, column: bad.column,
-                                  value: bad.value)
-        }
-        // The weights are checked whole before any is used (the target cosines read them first).
-        if let bad = firstNonFinite(weights!, count: c * d, threads: threads) {
-            throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
-                                  value: Double(weights![bad]))
-        }
-
-        // Each row's target logit, mining threshold and running log-sum-exp.
-        let scale = T(parameters.scale)
-        var targets = [TargetLogit?](repeating: nil, count: n)
-        // (Raw storage, so that the dispatched kernels can take a pointer to a row's accumulator;
-        // only the rows that are not ignored are initialised. RowAccumulator is a plain value.)
-        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>
-            .allocate(capacity: Swift.max(n, 1))
-        defer { accumulators.deallocate() }
-        for i in 0..<n where kept[i] {
-            let y = Int(labels![i])
-            let w = weights! + y * d
-            let inverse = 1 / Swift.max(RowNormalization.norm(w, dimension: d)!,
-                                        RowNormalization.floor)
-            let dot = RowNormalization.dot(xHat + i * d, w, count: d)
-            let target = TargetLogit(cosine: dot * inverse, kind: parameters.target,
-                                     margin: parameters.margin)
-            targets[i] = target
-            (accumulators + i).initialize(to: RowAccumulator(
-                negatives: NegativeLogit<T>(kind: parameters.hard,
-                                            hardMargin: parameters.hardMargin, target: target),
-                scale: scale, countsHardNegatives: hardNegatives != nil))
-        }
-
-        let b = blockSize(T.self, rows: n, dimension: d, classes: c, requested: requested)
-        let blocks = (c + b - 1) / b
-        let keptCount = keptBlocks(T.self, rows: n, blockSize: b, blocks: blocks, budget: keep)
-        let keptBuffer = LargeBuffer<T>(capacity: keptCount * n * b)
-        let blockBuffer = LargeBuffer<T>(capacity: keptCount < blocks ? n * b : 1)
-        let wHatBuffer = LargeBuffer<T>(capacity: b * d)
-        let (keptCosines, cosines, wHat) = (keptBuffer.pointer, blockBuffer.pointer,
-                                            wHatBuffer.pointer)
-        let wNorms = UnsafeMutablePointer<Double>.allocate(capacity: b)
-        defer {
-            keptBuffer.release(); blockBuffer.release(); wHatBuffer.release()
-            wNorms.deallocate()
-        }
-        let products = ChunkedGEMM<T>(threads: threads)
-        let kernels = RowKernels<T>()
-
-        /// Where block k's cosines live: kept, or the one block buffer.
-        func cosinesOf(block k: Int) -> UnsafeMutablePointer<T> {
-            k < keptCount ? keptCosines + k * n * b : cosines
-        }
-
-        /// W^_b for the block of `count` classes at `start`, rows spread over the workers (the
-        /// weights were checked finite above).
-        func normalizeBlock(start: Int, count: Int) {
-            RowParallel.forEachRow(rows: count, columns: d, threads: threads) { j, _ in
-                kernels.normalize(weights! + (start + j) * d, 1, d, wHat + j * d, wNorms + j)
-                return true
-            }
-        }
-
-        // First pass: the row statistics.
-        for k in 0..<blocks {
-            let start = k * b, count = Swift.min(b, c - start)
-            guard n > 0 else { break }
-            normalizeBlock(start: start, count: count)
-            let block = cosinesOf(block: k)
-            products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: block)
-            RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
-                guard kept[i] else { return true }
-                withUnsafeTemporaryAllocation(of: T.self, capacity: RowKernel<T>.blockSize) {
-                    kernels.accumulate(accumulators + i, block + i * count, count,
-                                       Int(labels![i]) - start, $0.baseAddress!)
-                }
-                return true
-            }
-        }
-
-        // The losses.
-        var statistics: [RowStatistics<T>?] = []
-        statistics.reserveCapacity(n)
-        var losses = [Double](repeating: 0, count: n)
-        for i in 0..<n {
-            guard kept[i], let target = targets[i] else {
-                hardNegatives?[i] = 0
-                statistics.append(nil)
-                continue
-            }
-            let accumulator = accumulators[i]
-            hardNegatives?[i] = Int64(accumulator.hardNegatives)
-            let st = RowStatistics(target: target,
-                                   negatives: accumulator.negatives, scale: parameters.scale,
-                                   negativeMaximum: accumulator.reference,
-                                   negativeSum: accumulator.sum)
-            guard st.loss.isFinite else {
-                throw .overflow(row: i, elementType: "\(T.self)",
-                                largest: Double(T.greatestFiniteMagnitude))
-            }
-            losses[i] = st.loss
-            statistics.append(st)
-        }
-        switch reduction {
-        case .none:
-            for i in 0..<n { loss![i] = T(losses[i]) }
-        case .sum, .mean:
-            let total = losses.reduce(0, +)  // in row order
-            loss![0] = T(reduction == .mean ? (counted > 0 ? total / Double(counted) : 0) : total)
-        }
-
-        // Second pass: the gradients.
-        gradEmbeddings?.update(repeating: 0, count: n * d)  // dx^, accumulated over blocks
-        for k in 0..<blocks {
-            let start = k * b, count = Swift.min(b, c - start)
-            let dWHat = gradWeights + start * d
-            guard n > 0 else {
-                dWHat.update(repeating: 0, count: count * d)
-                continue
-            }
-            normalizeBlock(start: start, count: count)
-            let block = cosinesOf(block: k)
-            if k >= keptCount {
-                products.cosines(xHat: xHat, wHat: wHat, n: n, d: d, count: count, into: block)
-            }
-            statistics.withUnsafeBufferPointer { rows in
-                RowParallel.forEachRow(rows: n, columns: count, threads: threads) { i, _ in
-                    let segment = block + i * count
-                    guard let st = rows[i] else {
-                        segment.update(repeating: 0, count: count)
-                        return true
-                    }
-                    withUnsafePointer(to: st) {
-                        kernels.segment(segment, count, Int(labels![i]) - start, $0, rowFactor,
-                                        segment)
-                    }
-                    return true
-                }
-            }
+        try BLASThreads.singleThreaded { () throws(LossError) in
+            let call = try HeadCallState<T>(
+                parameters: parameters, embeddings: embeddings, weights: weights, rows: n,
+                dimension: d, classes: c, labels: labels, hardNegatives: hardNegatives)
+            defer { call.release() }
+            let blocks = HeadBlocks<T>(call: call, requestedBlockSize: requested,
+                                       keepBudget: keep)
+            defer { blocks.release() }
+            blocks.firstPass(call)
+            let statistics = try call.rowLosses(into: loss)
+            blocks.secondPass(call, statistics: statistics, gradEmbeddings: gradEmbeddings,
+                              gradWeights: gradWeights)
             if let gradEmbeddings {
-                products.accumulateEmbeddings(dcos: block, wHat: wHat, n: n, d: d,
-                                              count: count, into: gradEmbeddings)
+                RowNormalization.backward(normalized: call.xHat, norms: call.xNorms, count: n,
+                                          dimension: d, gradient: gradEmbeddings)
             }
-            products.weights(dcos: block, xHat: xHat, n: n, d: d, count: count, into: dWHat)
-            RowParallel.forEachRow(rows: count, columns: d, threads: threads) { j, _ in
-                kernels.normalizeBackward(wHat + j * d, wNorms + j, 1, d, dWHat + j * d)
-                return true
-            }
-        }
-        if let gradEmbeddings {
-            RowNormalization.backward(normalized: xHat, norms: xNorms, count: n, dimension: d,
-                                      gradient: gradEmbeddings)
         }
     }
 
@@ -271,16 +128,16 @@ public enum HeadKernel {
             let size = Swift.min(chunk, count - start)
             let width = T.Vector.scalarCount
             let part = values + start
-            var poison = T.Vector()
+            var nanCheck = T.Vector()
             var k = 0
             while k + width <= size {
                 let v = UnsafeRawPointer(part + k).loadUnaligned(as: T.Vector.self)
-                poison += v - v
+                nanCheck += v - v
                 k += width
             }
             var tail: T = 0
             while k < size { tail += part[k] - part[k]; k += 1 }
-            flagged[index] = poison.sum().isNaN || tail.isNaN
+            flagged[index] = nanCheck.sum().isNaN || tail.isNaN
         }
         guard let first = (0..<chunks).first(where: { flagged[$0] }) else { return nil }
         let start = first * chunk

@@ -10,9 +10,38 @@ import AMMSoftmaxMath
 /// loaded with RTLD_LOCAL, each keeps its own.
 ///
 /// The pointers cross the image boundary with raw pointers to the Swift values (LossParameters,
-/// RowStatistics): both sides are compiled from the same sources by the same compiler, so the
-/// layouts agree.
+/// RowStatistics), whose layouts agree only when both sides come from the same sources and
+/// compiler. So each build library also exports its `handshake` (this type's `abiVersion` and
+/// size), and the dispatcher refuses a library whose handshake differs from its own: a stale
+/// build left beside a newer core falls back instead of corrupting memory.
 public struct RowKernelTable: @unchecked Sendable {  // immutable C function pointers
+    /// Raise on any change to this table, to the types its entries pass by raw pointer
+    /// (LossParameters, RowStatistics, RowAccumulator, GradientStream), or to what an entry
+    /// means.
+    public static let abiVersion: UInt64 = 2
+
+    /// What a build library answers to the handshake: `abiVersion` in the high 32 bits, the
+    /// table's size in bytes in the low 32.
+    public static var handshake: UInt64 {
+        abiVersion << 32 | UInt64(MemoryLayout<RowKernelTable>.size)
+    }
+
+    /// The symbols each build library exports: the handshake, and the function that fills a
+    /// table (given its size, which it checks again) and returns 0, or returns -1 untouched.
+    public static func handshakeSymbol(_ build: String) -> String {
+        "amm_internal_row_kernels_handshake_\(build)"
+    }
+    public static func fillSymbol(_ build: String) -> String {
+        "amm_internal_row_kernels_fill_\(build)"
+    }
+
+    /// The body of a build library's fill function.
+    @inlinable @inline(__always)
+    public static func fill(_ table: UnsafeMutableRawPointer, size: Int) -> Int32 {
+        guard size == MemoryLayout<RowKernelTable>.size else { return -1 }
+        table.storeBytes(of: RowKernelTable.compiledHere(), as: RowKernelTable.self)
+        return 0
+    }
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
     /// whether to count hard negatives, a GradientStream<T> to advance or nil, statistics out)
     /// -> -1, or the lowest non-finite column.

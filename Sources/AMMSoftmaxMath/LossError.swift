@@ -11,8 +11,9 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     case nonFiniteCosine(row: Int, column: Int, value: Double)
     /// `name[row, column]` (embeddings or weights of the fused head) is NaN or infinite.
     case nonFiniteInput(name: String, row: Int, column: Int, value: Double)
-    /// The upstream gradient holds NaN or infinity at `index`.
-    case nonFiniteGradOutput(index: Int, value: Double)
+    /// The upstream gradient (called `name` by the caller's API) holds NaN or infinity at
+    /// `index`.
+    case nonFiniteGradOutput(name: String, index: Int, value: Double)
     /// The logits of `row` overflow the element type (s g(cos) beyond its largest finite value,
     /// about 3.4e38 for Float), so that its loss is not a number.
     case overflow(row: Int, elementType: String, largest: Double)
@@ -32,8 +33,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
             return "cos[\(row), \(column)] = \(value) is not finite (row \(row) is not ignored)"
         case let .nonFiniteInput(name, row, column, value):
             return "\(name)[\(row), \(column)] = \(value) is not finite"
-        case let .nonFiniteGradOutput(index, value):
-            return "grad_output[\(index)] = \(value) is not finite"
+        case let .nonFiniteGradOutput(name, index, value):
+            return "\(name)[\(index)] = \(value) is not finite"
         case let .overflow(row, type, largest):
             return "the logits of row \(row) overflow \(type): scale * g(cos) exceeds \(largest); "
                 + "lower scale, or bring cos into [-1, 1]"
@@ -52,6 +53,16 @@ public func validateLabels<Labels: Collection>(
         guard label >= 0, label < Int64(classes) else {
             throw .label(row: row, value: label, classes: classes, ignoreIndex: ignoreIndex)
         }
+    }
+}
+
+/// Checks that every value of an upstream gradient is finite; throws for the first that is not.
+/// `name` is what the caller's interface calls it (grad_output in Swift, grad_loss in C).
+public func validateGradOutput<Values: Collection>(
+    _ values: Values, name: String = "grad_output"
+) throws(LossError) where Values.Element: BinaryFloatingPoint {
+    for (index, value) in values.enumerated() where !value.isFinite {
+        throw .nonFiniteGradOutput(name: name, index: index, value: Double(value))
     }
 }
 

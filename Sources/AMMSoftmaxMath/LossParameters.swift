@@ -53,7 +53,7 @@ public struct LossParameters: Sendable, Equatable {
         case .arc:
             guard margin.isFinite, margin >= 0, margin < Double.pi else {
                 throw .parameter(name: "margin", value: "\(margin)",
-                                 requirement: "in [0, pi) for target arc")
+                                 requirement: "in [0, pi) for target 'arc'")
             }
         case .cos:
             guard margin.isFinite else {

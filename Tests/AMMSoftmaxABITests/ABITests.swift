@@ -35,9 +35,46 @@ struct ABITests {
         amm_params_init(nil)  // documented as a no-op
     }
 
-    @Test func versionMatchesTheHeader() {
-        #expect(String(cString: amm_version())
-                == "\(AMM_VERSION_MAJOR).\(AMM_VERSION_MINOR).\(AMM_VERSION_PATCH)")
+    /// The version against a source the library is not built from: the newest heading of
+    /// CHANGELOG.md, which a release writes by hand.
+    @Test func versionIsTheNewestChangelogEntry() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        let changelog = try String(contentsOf: root.appendingPathComponent("CHANGELOG.md"),
+                                   encoding: .utf8)
+        let newest = changelog.split(separator: "\n").first { $0.hasPrefix("## ") }
+            .map { String($0.dropFirst(3)).trimmingCharacters(in: .whitespaces) }
+        let version = String(cString: amm_version())
+        #expect(newest == version)
+        let parts = version.split(separator: ".").compactMap { UInt32($0) }
+        #expect(parts.count == 3)
+        #expect(amm_version_number() == parts[0] * 10000 + parts[1] * 100 + parts[2])
+    }
+
+    @Test func paramsValidateNamesTheFirstBadField() {
+        var p = params
+        #expect(amm_params_validate(&p) == Int32(AMM_OK.rawValue))
+        #expect(amm_params_validate(nil) == Int32(AMM_ERR_NULL_POINTER.rawValue))
+        p.scale = -1
+        p.num_threads = -3
+        #expect(amm_params_validate(&p) == Int32(AMM_ERR_PARAM.rawValue))
+        #expect(lastError == "amm_params_validate: parameter scale = -1.0 is invalid: must be "
+                + "finite and > 0")
+        p = params
+        p.head_block_size = -2
+        #expect(amm_params_validate(&p) == Int32(AMM_ERR_PARAM.rawValue))
+        #expect(lastError.contains("head_block_size = -2"))
+        p = params
+        p.hard = 9
+        #expect(amm_params_validate(&p) == Int32(AMM_ERR_PARAM.rawValue))
+        #expect(lastError.contains("params->hard = 9 is unknown"))
+    }
+
+    @Test func kernelBuildDetailSaysWhichWasSelected() {
+        let build = String(cString: amm_kernel_build())
+        let detail = String(cString: amm_kernel_build_detail())
+        #expect(detail.split(separator: "\n").contains { $0 == "\(build): selected" }
+                || detail.contains("\(build): selected ("))
     }
 
     @Test func forwardBackwardAndTheirCombinationAgree() {

@@ -70,7 +70,7 @@ struct ValidationTests {
             _ = try AMMSoftmaxLoss(LossParameters(reduction: .none))
                 .backward(cos: cos, labels: [0, 1], classes: 3, gradOutput: [1])
         }
-        #expect(throws: LossError.nonFiniteGradOutput(index: 0, value: .infinity)) {
+        #expect(throws: LossError.nonFiniteGradOutput(name: "grad_output", index: 0, value: .infinity)) {
             _ = try AMMSoftmaxLoss().backward(cos: cos, labels: [0, 1], classes: 3,
                                               gradOutput: [.infinity])
         }

@@ -454,6 +454,13 @@ static void test_params_init_and_version(void)
     CHECK(v != NULL && strcmp(v, expected) == 0, "amm_version() = \"%s\", header says \"%s\"",
           v ? v : "(null)", expected);
     CHECK(amm_version() == v, "amm_version() returns the same static string");
+    CHECK(amm_version_number() == AMM_VERSION_NUMBER,
+          "amm_version_number() = %u, header's AMM_VERSION_NUMBER = %d",
+          (unsigned)amm_version_number(), AMM_VERSION_NUMBER);
+    const char *detail = amm_kernel_build_detail();
+    CHECK(detail != NULL && strstr(detail, ": selected") != NULL,
+          "amm_kernel_build_detail() = \"%s\" says which build was selected",
+          detail ? detail : "(null)");
     const char *build = amm_kernel_build();
     CHECK(build != NULL && (strcmp(build, "avx512") == 0 || strcmp(build, "avx2") == 0 ||
                             strcmp(build, "portable") == 0),
@@ -703,6 +710,41 @@ static void test_params(void)
             args_t a = fixture_args(fn, &p);
             expect(bad[k].line, fn, &a, AMM_ERR_PARAM, bad[k].field, bad[k].value);
         }
+
+    /* amm_params_validate is the same check, without computing: the same status, and the
+       message of a computing function with its own name in front. */
+    section = "params_validate";
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; ++k) {
+        amm_params p;
+        amm_params_init(&p);
+        bad[k].apply(&p);
+        int status = amm_params_validate(&p);
+        char message[512];
+        snprintf(message, sizeof message, "%s", amm_last_error());
+        CHECK(status == AMM_ERR_PARAM, "line %d: amm_params_validate returned %d for %s = %s",
+              bad[k].line, status, bad[k].field, bad[k].value);
+        CHECK(strncmp(message, "amm_params_validate: ", 21) == 0 &&
+                  strstr(message, bad[k].field) != NULL && strstr(message, bad[k].value) != NULL,
+              "line %d: amm_params_validate's message \"%s\" names %s and %s", bad[k].line,
+              message, bad[k].field, bad[k].value);
+        args_t a = fixture_args(0, &p);
+        expect(bad[k].line, 0, &a, AMM_ERR_PARAM, bad[k].field, bad[k].value);
+        const char *theirs = strchr(amm_last_error(), ':'), *ours = strchr(message, ':');
+        CHECK(theirs != NULL && ours != NULL && strcmp(theirs, ours) == 0,
+              "line %d: amm_params_validate says \"%s\", %s says \"%s\"", bad[k].line,
+              message, fn_name[0], amm_last_error());
+    }
+    {
+        amm_params p;
+        amm_params_init(&p);
+        CHECK(amm_params_validate(&p) == AMM_OK, "the defaults are valid");
+        CHECK(amm_params_validate(NULL) == AMM_ERR_NULL_POINTER, "NULL params refused");
+        p.head_block_size = -4;
+        CHECK(amm_params_validate(&p) == AMM_ERR_PARAM &&
+                  strstr(amm_last_error(), "head_block_size = -4") != NULL,
+              "a negative head_block_size is refused: \"%s\"", amm_last_error());
+    }
+    section = "params";
 
     void (*const good[])(amm_params *) = {ok_margin0, ok_margin_below_pi, ok_cos_margin_neg,
                                            ok_cos_margin_big, ok_hm0, ok_threads_many,

@@ -29,7 +29,7 @@ modified. `amm_softmax.reference` computes the same in plain NumPy.
 """
 from . import reference
 from ._api import (backward, forward, forward_backward, head_forward_backward, kernel_build,
-                   library_version)
+                   kernel_build_detail, library_version)
 
 def _version() -> str:
     """The version: written by the build of an installed package, else (a checkout) read from
@@ -47,4 +47,4 @@ def _version() -> str:
 
 __version__ = _version()
 __all__ = ["forward", "backward", "forward_backward", "head_forward_backward", "reference",
-           "library_version", "kernel_build", "__version__"]
+           "library_version", "kernel_build", "kernel_build_detail", "__version__"]

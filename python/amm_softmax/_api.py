@@ -13,8 +13,8 @@ from typing import Union
 import numpy as np
 
 from . import _library as L
-from ._params import (Params, check_block_size, check_cos, check_grad_output, check_head_inputs,
-                      check_labels, check_params)
+from ._params import (Params, abi_struct, check_block_size, check_cos, check_grad_output,
+                      check_head_inputs, check_labels, check_params)
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -37,21 +37,6 @@ def _counts_out(hard_negatives, rows: int) -> np.ndarray | None:
     if not (hard_negatives.flags.c_contiguous and hard_negatives.flags.writeable):
         raise ValueError("hard_negatives must be a writeable, C-contiguous array")
     return hard_negatives
-
-
-def _abi_params(p: Params, head_block_size: int = 0,
-                hard_negatives: np.ndarray | None = None) -> L.AmmParams:
-    s = L.AmmParams()
-    s.struct_size = ctypes.sizeof(L.AmmParams)
-    s.scale, s.margin, s.hard_margin = p.scale, p.margin, p.hard_margin
-    s.target = L.TARGET_CODES[p.target]
-    s.hard = L.HARD_CODES[p.hard]
-    s.reduction = L.REDUCTION_CODES[p.reduction]
-    s.num_threads = p.num_threads
-    s.ignore_index = p.ignore_index
-    s.head_block_size = head_block_size
-    s.hard_negatives = None if hard_negatives is None else hard_negatives.ctypes.data
-    return s
 
 
 def _check_status(lib, status: int) -> None:
@@ -94,7 +79,7 @@ def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray |
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
-    abi = _abi_params(p, 0, counts)
+    abi = abi_struct(p, 0, counts)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data))
     return _loss_value(p, loss)
@@ -139,7 +124,7 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
     counts = _counts_out(hard_negatives, cos.shape[0])
     lib = L.load()
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
-    abi = _abi_params(p, 0, counts)
+    abi = abi_struct(p, 0, counts)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
                           grad.ctypes.data))
@@ -157,7 +142,7 @@ def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | N
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
-    abi = _abi_params(p, 0, counts)
+    abi = abi_struct(p, 0, counts)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
     return _loss_value(p, loss), grad
@@ -202,7 +187,7 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
                 np.shares_memory(out[0], out[1]):
             raise ValueError("out arrays must not overlap each other or the inputs")
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
-    abi = _abi_params(p, block_size, counts)
+    abi = abi_struct(p, block_size, counts)
     _check_status(lib, fn(ctypes.byref(abi), embeddings.ctypes.data,
                           weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,
                           grad_embeddings.ctypes.data, grad_weights.ctypes.data))
@@ -212,6 +197,13 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
 def library_version() -> str:
     """The version string of the loaded library (amm_version())."""
     return L.load().amm_version().decode()
+
+
+def kernel_build_detail() -> str:
+    """How kernel_build() was chosen: one line per build considered, fastest first, saying
+    why each faster build was passed over (not supported by this CPU, its library not found or
+    refused by the kernel-table handshake, above the AMM_SOFTMAX_KERNELS request)."""
+    return L.load().amm_kernel_build_detail().decode()
 
 
 def kernel_build() -> str:

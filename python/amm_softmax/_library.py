@@ -68,8 +68,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.amm_params_init.restype = None
     lib.amm_version.argtypes = []
     lib.amm_version.restype = ctypes.c_char_p
+    lib.amm_version_number.argtypes = []
+    lib.amm_version_number.restype = ctypes.c_uint32
+    lib.amm_params_validate.argtypes = [params]
+    lib.amm_params_validate.restype = ctypes.c_int
     lib.amm_kernel_build.argtypes = []
     lib.amm_kernel_build.restype = ctypes.c_char_p
+    lib.amm_kernel_build_detail.argtypes = []
+    lib.amm_kernel_build_detail.restype = ctypes.c_char_p
     lib.amm_last_error.argtypes = []
     lib.amm_last_error.restype = ctypes.c_char_p
     for suffix in ("f32", "f64"):

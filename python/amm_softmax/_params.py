@@ -1,16 +1,24 @@
 """Argument checks shared by the library wrapper and the NumPy reference.
 
-Everything here is about *accepting* input (types, shapes, domains, labels); none of it is the
+Everything here is about *accepting* input (types, shapes, labels); none of it is the
 mathematics. Each check raises TypeError (wrong kind of object or dtype) or ValueError (right kind,
 wrong value) with a message naming the parameter, row or column and the value found.
+
+The domains of the parameters (scale > 0, the margin's range for each target, hard_margin >= 0,
+num_threads >= 0, block_size >= 0) are defined once, in the library: this module converts each
+value to the type of its amm_params field and asks the library (amm_params_validate) whether the
+struct is valid, so the reference too validates through the library, while its arithmetic stays
+plain NumPy.
 """
 from __future__ import annotations
 
-import math
+import ctypes
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import _library as L
 
 TARGETS = ("arc", "cos")
 HARDS = ("amm", "mv-fixed", "mv-adaptive", "none")
@@ -67,16 +75,42 @@ def check_params(scale=64.0, margin=0.5, hard_margin=0.2, target="arc", hard="am
     hard = _choice("hard", hard, HARDS)
     reduction = _choice("reduction", reduction, REDUCTIONS)
     ignore_index = _integer("ignore_index", ignore_index, int(_INT64.min), int(_INT64.max))
-    num_threads = _integer("num_threads", num_threads, 0, int(_INT32.max))
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale = {scale} is invalid: must be finite and > 0")
-    if target == "arc" and not (math.isfinite(margin) and 0 <= margin < math.pi):
-        raise ValueError(f"margin = {margin} is invalid: must be in [0, pi) for target 'arc'")
-    if not math.isfinite(margin):
-        raise ValueError(f"margin = {margin} is invalid: must be finite")
-    if not (math.isfinite(hard_margin) and hard_margin >= 0):
-        raise ValueError(f"hard_margin = {hard_margin} is invalid: must be finite and >= 0")
-    return Params(scale, margin, hard_margin, target, hard, reduction, ignore_index, num_threads)
+    num_threads = _integer("num_threads", num_threads, int(_INT32.min), int(_INT32.max))
+    p = Params(scale, margin, hard_margin, target, hard, reduction, ignore_index, num_threads)
+    validate(abi_struct(p))
+    return p
+
+
+def abi_struct(p: Params, head_block_size: int = 0,
+               hard_negatives: np.ndarray | None = None) -> L.AmmParams:
+    """The amm_params struct of `p` (the fields the C header documents)."""
+    s = L.AmmParams()
+    s.struct_size = ctypes.sizeof(L.AmmParams)
+    s.scale, s.margin, s.hard_margin = p.scale, p.margin, p.hard_margin
+    s.target = L.TARGET_CODES[p.target]
+    s.hard = L.HARD_CODES[p.hard]
+    s.reduction = L.REDUCTION_CODES[p.reduction]
+    s.num_threads = p.num_threads
+    s.ignore_index = p.ignore_index
+    s.head_block_size = head_block_size
+    s.hard_negatives = None if hard_negatives is None else hard_negatives.ctypes.data
+    return s
+
+
+# What this package calls the amm_params fields whose Python keyword differs.
+_KEYWORDS = {"head_block_size": "block_size"}
+
+
+def validate(struct: L.AmmParams) -> None:
+    """Raises ValueError with the library's message if a field is out of its domain."""
+    lib = L.load()
+    if lib.amm_params_validate(ctypes.byref(struct)) != L.AMM_OK:
+        message = lib.amm_last_error().decode("utf-8", "replace")
+        message = message.removeprefix("amm_params_validate: ").removeprefix("parameter ")
+        for field, keyword in _KEYWORDS.items():
+            if message.startswith(field + " "):
+                message = keyword + message[len(field):]
+        raise ValueError(message)
 
 
 def check_cos(cos, name: str = "cos") -> np.ndarray:
@@ -173,4 +207,6 @@ def check_head_inputs(embeddings, weights):
 
 def check_block_size(block_size) -> int:
     """The fused head's classes per block: 0 (automatic) or a positive integer."""
-    return _integer("block_size", block_size, 0, int(_INT64.max))
+    block_size = _integer("block_size", block_size, int(_INT64.min), int(_INT64.max))
+    validate(abi_struct(Params(), head_block_size=block_size))
+    return block_size

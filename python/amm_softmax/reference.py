@@ -1,7 +1,8 @@
 """The AMM-Softmax loss family in plain NumPy: the oracle every test compares the library with.
 
-Written for clarity from docs/FORMULATION.md, line by line, and independent of the compiled library
-(it never loads it). It computes in float64 whatever the input dtype and returns results in the
+Written for clarity from docs/FORMULATION.md, line by line; its arithmetic is independent of the
+compiled library. Its argument checks are the package's (_params), which ask the library whether
+the parameters are in their domains: those domains are defined once, in the library. It computes in float64 whatever the input dtype and returns results in the
 input's dtype, so that the library's f32 and f64 paths are both measured against the same,
 more precise, values.
 

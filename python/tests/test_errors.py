@@ -191,7 +191,7 @@ CASES = [
      r"reduction must be a string.*got b'mean'"),
     # integers
     ("num-threads-negative", with_params(num_threads=-1), ValueError,
-     r"num_threads = -1 is out of range: must be in \[0, 2147483647\]"),
+     r"^num_threads = -1 is invalid: must be >= 0$"),
     ("num-threads-huge", with_params(num_threads=2**31), ValueError,
      r"num_threads = 2147483648 is out of range"),
     ("num-threads-float", with_params(num_threads=1.5), TypeError,

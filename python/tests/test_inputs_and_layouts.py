@@ -266,6 +266,9 @@ def test_version():
     parts = [re.search(rf"#define AMM_VERSION_{k}\s+(\d+)", header).group(1)
              for k in ("MAJOR", "MINOR", "PATCH")]
     assert ".".join(parts) == version
+    # and against a source neither is built from: the newest heading of CHANGELOG.md
+    changelog = (Path(__file__).resolve().parents[2] / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == version
 
 
 def test_public_names_of_api_md():

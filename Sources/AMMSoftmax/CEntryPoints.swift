@@ -2,18 +2,29 @@ import AMMSoftmaxCore
 import CAMMSoftmax
 
 // The C entry points of libAMMSoftmax.so, exactly as include/amm_softmax.h declares them.
-// Each one only forwards to LossCall (validation, then the kernel) and turns the outcome into a
-// status code; see the header for the contract of each.
+// Each one only forwards to LossCall or HeadCall (validation, then the kernel) and turns the
+// outcome into a status code; see the header for the contract of each.
 
 @_cdecl("amm_params_init")
 public func ammParamsInit(_ p: UnsafeMutablePointer<amm_params>?) {
-    guard let p else { return }
-    LossParameters.writeDefaults(to: p)
+    p?.pointee = ABIParameters.defaults
+}
+
+@_cdecl("amm_params_validate")
+public func ammParamsValidate(_ p: UnsafePointer<amm_params>?) -> Int32 {
+    reportingStatus("amm_params_validate") { () throws(ABIError) in
+        _ = try ABIParameters(reading: p, checkingHeadBlockSize: true)
+    }
 }
 
 @_cdecl("amm_version")
 public func ammVersion() -> UnsafePointer<CChar> {
     libraryVersion
+}
+
+@_cdecl("amm_version_number")
+public func ammVersionNumber() -> UInt32 {
+    UInt32(AMM_VERSION_MAJOR * 10000 + AMM_VERSION_MINOR * 100 + AMM_VERSION_PATCH)
 }
 
 @_cdecl("amm_status_name")
@@ -24,6 +35,11 @@ public func ammStatusName(_ status: Int32) -> UnsafePointer<CChar> {
 @_cdecl("amm_kernel_build")
 public func ammKernelBuild() -> UnsafePointer<CChar> {
     KernelBuildName.current
+}
+
+@_cdecl("amm_kernel_build_detail")
+public func ammKernelBuildDetail() -> UnsafePointer<CChar> {
+    kernelBuildDetail
 }
 
 @_cdecl("amm_last_error")

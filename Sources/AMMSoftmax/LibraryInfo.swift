@@ -10,6 +10,11 @@ import CAMMSoftmax
 nonisolated(unsafe) let libraryVersion: UnsafePointer<CChar> = UnsafePointer(
     strdup("\(AMM_VERSION_MAJOR).\(AMM_VERSION_MINOR).\(AMM_VERSION_PATCH)")!)
 
+/// How the kernel build was chosen (`KernelDispatch.selectionDetail`), as a C string made once
+/// and never freed, for `amm_kernel_build_detail()`.
+nonisolated(unsafe) let kernelBuildDetail: UnsafePointer<CChar> = UnsafePointer(
+    strdup(KernelDispatch.selectionDetail) ?? strdup("")!)
+
 /// The kernel build in use, as a static C string for `amm_kernel_build()`.
 enum KernelBuildName {
     private static let avx512: StaticString = "avx512"

@@ -1,0 +1,164 @@
+import AMMSoftmaxKernels
+
+/// One call of `LossKernels.run`: the state its workers share, and the work of one row.
+///
+/// Each worker owns its slots (failure, block references, statistics, scratch rows, stream),
+/// indexed by the worker number `RowParallel.forEachRow` gives it; the rows' losses are kept per
+/// row and summed in row order afterwards, so the result does not depend on the thread count.
+struct LossPass<T: LossScalar> {
+    let parameters: LossParameters
+    let cos: UnsafePointer<T>?
+    let rows: Int, columns: Int
+    let labels: UnsafePointer<Int64>?
+    let outputs: LossKernels.Outputs<T>
+    let kernels = RowKernels<T>()
+    /// How many rows are not ignored: the divisor of `mean`.
+    let countedRows: Int
+    /// The upstream factor of every row's gradient for mean and sum (1/count for mean); for
+    /// none each row reads its own upstream value.
+    let rowFactor: Double
+    /// Whether the gradient is made in scratch rows and copied out with streaming stores.
+    let streaming: Bool
+    /// Blocks per row for which the gradient pass needs the statistics pass's references.
+    let blocksPerRow: Int
+
+    /// Per row: its loss, in Double.
+    private let rowLosses: UnsafeMutableBufferPointer<Double>
+    /// Per worker: the first failure it met (its rows increase, so it is that worker's lowest).
+    private let failures: UnsafeMutableBufferPointer<(row: Int, error: LossError)?>
+    /// Per worker: room for a row's block references and its statistics.
+    private let references: UnsafeMutableBufferPointer<T>
+    private let statistics: UnsafeMutableBufferPointer<RowStatistics<T>>
+    /// Per worker, when streaming: two scratch rows (one filling while the other is copied
+    /// out), the stream copying the previous row, whether one is pending, and which scratch row
+    /// is next.
+    private let scratch: UnsafeMutableBufferPointer<T>
+    private let streams: UnsafeMutableBufferPointer<GradientStream<T>>
+    private let streamState: UnsafeMutableBufferPointer<(pending: Bool, next: Int)>
+
+    init(parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
+         labels: UnsafePointer<Int64>?, outputs: LossKernels.Outputs<T>,
+         streamingThreshold: Int) {
+        self.parameters = parameters
+        self.cos = cos
+        (self.rows, self.columns) = (rows, columns)
+        self.labels = labels
+        self.outputs = outputs
+        let ignore = parameters.ignoreIndex
+        var counted = 0
+        for i in 0..<rows where labels![i] != ignore { counted += 1 }
+        countedRows = counted
+        switch parameters.reduction {
+        case .mean, .sum:
+            let upstream = outputs.upstream.map { Double($0[0]) } ?? 1
+            rowFactor = parameters.reduction == .sum ? upstream
+                : (counted > 0 ? upstream / Double(counted) : 0)
+        case .none:
+            rowFactor = 1
+        }
+        streaming = outputs.gradient != nil
+            && rows * columns * MemoryLayout<T>.stride >= streamingThreshold
+        blocksPerRow = outputs.gradient == nil ? 1 : RowKernel<T>.blockCount(columns: columns)
+
+        let workers = RowParallel.workerCount(rows: rows, columns: columns,
+                                              threads: parameters.numThreads)
+        rowLosses = .allocate(capacity: Swift.max(rows, 1))
+        failures = .allocate(capacity: workers)
+        failures.initialize(repeating: nil)
+        references = .allocate(capacity: workers * blocksPerRow)
+        statistics = .allocate(capacity: workers)
+        scratch = .allocate(capacity: streaming ? 2 * workers * columns : 0)
+        streams = .allocate(capacity: workers)
+        streamState = .allocate(capacity: workers)
+        streamState.initialize(repeating: (false, 0))
+    }
+
+    func release() {
+        rowLosses.deallocate()
+        failures.deallocate()
+        references.deallocate()
+        statistics.deallocate()
+        scratch.deallocate()
+        streams.deallocate()
+        streamState.deallocate()
+    }
+
+    /// Row i on `worker`: its statistics (and loss), then its gradient if one is wanted.
+    /// Returns false on a failure, which stops the worker.
+    func computeRow(_ i: Int, worker: Int) -> Bool {
+        let label = labels![i]
+        let finalRow = outputs.gradient.map { $0 + i * columns }
+        guard label != parameters.ignoreIndex else {
+            rowLosses[i] = 0
+            outputs.hardNegatives?[i] = 0
+            finalRow?.update(repeating: 0, count: columns)
+            return true
+        }
+        let gradientRow = streaming
+            ? scratch.baseAddress! + (2 * worker + streamState[worker].next) * columns
+            : finalRow
+        let stream = streaming && streamState[worker].pending
+            ? streams.baseAddress! + worker : nil
+        streamState[worker].pending = false  // the statistics pass finishes it
+        let row = cos! + i * columns
+        let y = Int(label)
+        let blockReferences = gradientRow == nil
+            ? nil : references.baseAddress! + worker * blocksPerRow
+        let result = statistics.baseAddress! + worker
+        let badColumn = withUnsafePointer(to: parameters) {
+            kernels.statistics(row, columns, y, $0, gradientRow, blockReferences,
+                               outputs.hardNegatives != nil, stream, result)
+        }
+        guard badColumn < 0 else {
+            failures[worker] = (i, .nonFiniteCosine(row: i, column: badColumn,
+                                                    value: Double(row[badColumn])))
+            return false
+        }
+        rowLosses[i] = result.pointee.loss
+        outputs.hardNegatives?[i] = Int64(result.pointee.hardNegatives)
+        // A row whose loss is not a number although its input is finite: its logits overflowed.
+        guard result.pointee.loss.isFinite else {
+            failures[worker] = (i, .overflow(row: i, elementType: "\(T.self)",
+                                             largest: Double(T.greatestFiniteMagnitude)))
+            return false
+        }
+        if let gradientRow, let blockReferences {
+            let upstream = parameters.reduction == .none
+                ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
+            kernels.gradient(columns, y, result, blockReferences, upstream, gradientRow)
+            if streaming {
+                (streams.baseAddress! + worker).initialize(
+                    to: GradientStream(from: gradientRow, to: finalRow!, count: columns))
+                streamState[worker] = (true, 1 - streamState[worker].next)
+            }
+        }
+        return true
+    }
+
+    /// After a worker's last row: the rest of its pending stream, and the fence that orders its
+    /// streaming stores before the call returns.
+    func finishWorker(_ worker: Int) {
+        guard streaming else { return }
+        if streamState[worker].pending { streams[worker].finish() }
+        T.streamFence()
+    }
+
+    /// The failure of the lowest row, if any worker met one.
+    var firstFailure: LossError? {
+        failures.compactMap { $0 }.min { $0.row < $1.row }?.error
+    }
+
+    /// The reduction of the row losses into `outputs.loss`, in row order.
+    func reduceLosses() {
+        guard let loss = outputs.loss else { return }
+        switch parameters.reduction {
+        case .none:
+            for i in 0..<rows { loss[i] = T(rowLosses[i]) }
+        case .sum, .mean:
+            var total = 0.0
+            for i in 0..<rows { total += rowLosses[i] }
+            loss[0] = T(parameters.reduction == .mean
+                ? (countedRows > 0 ? total / Double(countedRows) : 0) : total)
+        }
+    }
+}

@@ -1,0 +1,256 @@
+import AMMSoftmaxCore
+import AMMSoftmaxKernels
+import AMMSoftmaxMath
+
+/// The per-row state of one head call (`HeadKernel.run`, steps 1 and 3): the normalised
+/// embeddings, each row's target logit and running log-sum-exp, and the row losses.
+struct HeadCallState<T: GEMMScalar> {
+    let parameters: LossParameters
+    let weights: UnsafePointer<T>
+    let n: Int, d: Int, c: Int
+    let labels: UnsafePointer<Int64>?
+    let hardNegatives: UnsafeMutablePointer<Int64>?
+    let threads: Int
+    /// Whether each row takes part (its label is not the ignore index).
+    let active: [Bool]
+    /// How many rows take part: the divisor of `mean`.
+    let activeCount: Int
+    /// x^ = normalize(x), N x D, and each row's norm.
+    let xHat: UnsafeMutablePointer<T>
+    let xNorms: UnsafeMutablePointer<Double>
+    /// Each active row's target logit and mining threshold (nil for ignored rows).
+    let targets: [TargetLogit?]
+    /// Each active row's running log-sum-exp, in raw storage so that the dispatched kernels
+    /// can take a pointer to one; only the active rows are initialised (a plain value type).
+    let accumulators: UnsafeMutablePointer<RowAccumulator<T>>
+
+    /// Step 1: normalises the embeddings, checks the weights, and fixes every active row's
+    /// target cosine (an indexed dot product), target logit and mining threshold.
+    init(parameters: LossParameters, embeddings: UnsafePointer<T>?,
+         weights: UnsafePointer<T>?, rows n: Int, dimension d: Int, classes c: Int,
+         labels: UnsafePointer<Int64>?,
+         hardNegatives: UnsafeMutablePointer<Int64>?) throws(LossError) {
+        self.parameters = parameters
+        self.weights = weights!
+        (self.n, self.d, self.c) = (n, d, c)
+        self.labels = labels
+        self.hardNegatives = hardNegatives
+        let ignore = parameters.ignoreIndex
+        let active = (0..<n).map { labels![$0] != ignore }
+        self.active = active
+        activeCount = active.filter { $0 }.count
+        let threads = parameters.numThreads == 0 ? RowParallel.availableCores
+                                                  : parameters.numThreads
+        self.threads = threads
+        let xHat = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * d, 1))
+        let xNorms = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(n, 1))
+        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>
+            .allocate(capacity: Swift.max(n, 1))
+        (self.xHat, self.xNorms, self.accumulators) = (xHat, xNorms, accumulators)
+        func releaseAll() { xHat.deallocate(); xNorms.deallocate(); accumulators.deallocate() }
+
+        if let bad = RowNormalization.normalize(embeddings ?? UnsafePointer(xHat), count: n,
+                                                dimension: d, into: xHat, norms: xNorms,
+                                                skip: { !active[$0] }) {
+            releaseAll()
+            throw .nonFiniteInput(name: "embeddings", row: bad.row, column: bad.column,
+                                  value: bad.value)
+        }
+        // The weights are checked whole before any is used (the target cosines read them first).
+        if let bad = HeadKernel.firstNonFinite(weights!, count: c * d, threads: threads) {
+            releaseAll()
+            throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
+                                  value: Double(weights![bad]))
+        }
+
+        let scale = T(parameters.scale)
+        var targets = [TargetLogit?](repeating: nil, count: n)
+        for i in 0..<n where active[i] {
+            let y = Int(labels![i])
+            let w = weights! + y * d
+            let inverse = 1 / Swift.max(RowNormalization.norm(w, dimension: d)!,
+                                        RowNormalization.floor)
+            let dot = RowNormalization.dot(xHat + i * d, w, count: d)
+            let target = TargetLogit(cosine: dot * inverse, kind: parameters.target,
+                                     margin: parameters.margin)
+            targets[i] = target
+            (accumulators + i).initialize(to: RowAccumulator(
+                negatives: NegativeLogit<T>(kind: parameters.hard,
+                                            hardMargin: parameters.hardMargin, target: target),
+                scale: scale, countsHardNegatives: hardNegatives != nil))
+        }
+        self.targets = targets
+    }
+
+    func release() {
+        xHat.deallocate()
+        xNorms.deallocate()
+        accumulators.deallocate()
+    }
+
+    /// The factor of every row's gradient: 1/count for mean (the upstream gradient is 1).
+    var rowFactor: Double {
+        parameters.reduction == .mean ? (activeCount > 0 ? 1 / Double(activeCount) : 0) : 1
+    }
+
+    /// Step 3, after the first pass: each row's loss and statistics (nil for ignored rows), the
+    /// hard-negative counts, and the reduction written to `loss`.
+    func rowLosses(into loss: UnsafeMutablePointer<T>?) throws(LossError)
+        -> [RowStatistics<T>?]
+    {
+        var statistics: [RowStatistics<T>?] = []
+        statistics.reserveCapacity(n)
+        var losses = [Double](repeating: 0, count: n)
+        for i in 0..<n {
+            guard active[i], let target = targets[i] else {
+                hardNegatives?[i] = 0
+                statistics.append(nil)
+                continue
+            }
+            let accumulator = accumulators[i]
+            hardNegatives?[i] = Int64(accumulator.hardNegatives)
+            let st = RowStatistics(target: target,
+                                   negatives: accumulator.negatives, scale: parameters.scale,
+                                   negativeMaximum: accumulator.reference,
+                                   negativeSum: accumulator.sum)
+            guard st.loss.isFinite else {
+                throw .overflow(row: i, elementType: "\(T.self)",
+                                largest: Double(T.greatestFiniteMagnitude))
+            }
+            losses[i] = st.loss
+            statistics.append(st)
+        }
+        switch parameters.reduction {
+        case .none:
+            for i in 0..<n { loss![i] = T(losses[i]) }
+        case .sum, .mean:
+            let total = losses.reduce(0, +)  // in row order
+            loss![0] = T(parameters.reduction == .mean
+                ? (activeCount > 0 ? total / Double(activeCount) : 0) : total)
+        }
+        return statistics
+    }
+}
+
+/// The blocks of classes of one head call (`HeadKernel.run`, steps 2 and 4): the block size,
+/// the cosines kept from the first pass for the second, and the scratch of one block.
+struct HeadBlocks<T: GEMMScalar> {
+    /// Classes per block, and the number of blocks.
+    let b: Int, blocks: Int
+    /// How many of the first blocks keep their cosines between the passes.
+    let keptBlockCount: Int
+    private let keptBuffer: LargeBuffer<T>, blockBuffer: LargeBuffer<T>
+    private let wHatBuffer: LargeBuffer<T>
+    /// The norms of the block's weight rows.
+    private let wNorms: UnsafeMutablePointer<Double>
+    private let products: ChunkedGEMM<T>
+    private let kernels = RowKernels<T>()
+
+    init(call: HeadCallState<T>, requestedBlockSize: Int, keepBudget: Int) {
+        let (n, d, c) = (call.n, call.d, call.c)
+        b = HeadKernel.blockSize(T.self, rows: n, dimension: d, classes: c,
+                                 requested: requestedBlockSize)
+        blocks = (c + b - 1) / b
+        keptBlockCount = HeadKernel.keptBlocks(T.self, rows: n, blockSize: b, blocks: blocks,
+                                               budget: keepBudget)
+        keptBuffer = LargeBuffer<T>(capacity: keptBlockCount * n * b)
+        blockBuffer = LargeBuffer<T>(capacity: keptBlockCount < blocks ? n * b : 1)
+        wHatBuffer = LargeBuffer<T>(capacity: b * d)
+        wNorms = UnsafeMutablePointer<Double>.allocate(capacity: b)
+        products = ChunkedGEMM<T>(threads: call.threads)
+    }
+
+    func release() {
+        keptBuffer.release()
+        blockBuffer.release()
+        wHatBuffer.release()
+        wNorms.deallocate()
+    }
+
+    /// Where block k's cosines live: kept, or the one block buffer.
+    private func cosines(ofBlock k: Int, rows n: Int) -> UnsafeMutablePointer<T> {
+        k < keptBlockCount ? keptBuffer.pointer + k * n * b : blockBuffer.pointer
+    }
+
+    /// W^_b for the block of `count` classes at `start`, rows spread over the workers (the
+    /// weights were checked finite in step 1).
+    private func normalizeBlock(_ call: HeadCallState<T>, start: Int, count: Int) {
+        let (d, weights, wHat) = (call.d, call.weights, wHatBuffer.pointer)
+        RowParallel.forEachRow(rows: count, columns: d, threads: call.threads) { j, _ in
+            kernels.normalize(weights + (start + j) * d, 1, d, wHat + j * d, wNorms + j)
+            return true
+        }
+    }
+
+    /// Step 2: per block, cos_b = x^ W^_b^T, and every active row's running log-sum-exp
+    /// updated with its cosines.
+    func firstPass(_ call: HeadCallState<T>) {
+        let (n, d, c) = (call.n, call.d, call.c)
+        guard n > 0 else { return }
+        for k in 0..<blocks {
+            let start = k * b, count = Swift.min(b, c - start)
+            normalizeBlock(call, start: start, count: count)
+            let block = cosines(ofBlock: k, rows: n)
+            products.cosines(xHat: call.xHat, wHat: wHatBuffer.pointer, n: n, d: d,
+                             count: count, into: block)
+            RowParallel.forEachRow(rows: n, columns: count, threads: call.threads) { i, _ in
+                guard call.active[i] else { return true }
+                withUnsafeTemporaryAllocation(of: T.self, capacity: RowKernel<T>.blockSize) {
+                    kernels.accumulate(call.accumulators + i, block + i * count, count,
+                                       Int(call.labels![i]) - start, $0.baseAddress!)
+                }
+                return true
+            }
+        }
+    }
+
+    /// Step 4: per block, dloss/dcos_b in place of the (kept or recomputed) cosines, then
+    /// dx^ += dcos_b W^_b, dW^_b = dcos_b^T x^, and dW_b through the normalisation. dx^ is
+    /// left in `gradEmbeddings` for the caller's step 5.
+    func secondPass(_ call: HeadCallState<T>, statistics: [RowStatistics<T>?],
+                    gradEmbeddings: UnsafeMutablePointer<T>?,
+                    gradWeights: UnsafeMutablePointer<T>) {
+        let (n, d, c) = (call.n, call.d, call.c)
+        let wHat = wHatBuffer.pointer
+        let rowFactor = call.rowFactor
+        gradEmbeddings?.update(repeating: 0, count: n * d)  // dx^, accumulated over blocks
+        for k in 0..<blocks {
+            let start = k * b, count = Swift.min(b, c - start)
+            let dWHat = gradWeights + start * d
+            guard n > 0 else {
+                dWHat.update(repeating: 0, count: count * d)
+                continue
+            }
+            normalizeBlock(call, start: start, count: count)
+            let block = cosines(ofBlock: k, rows: n)
+            if k >= keptBlockCount {
+                products.cosines(xHat: call.xHat, wHat: wHat, n: n, d: d, count: count,
+                                 into: block)
+            }
+            statistics.withUnsafeBufferPointer { rows in
+                RowParallel.forEachRow(rows: n, columns: count, threads: call.threads) { i, _ in
+                    let segment = block + i * count
+                    guard let st = rows[i] else {
+                        segment.update(repeating: 0, count: count)
+                        return true
+                    }
+                    withUnsafePointer(to: st) {
+                        kernels.segment(segment, count, Int(call.labels![i]) - start, $0,
+                                        rowFactor, segment)
+                    }
+                    return true
+                }
+            }
+            if let gradEmbeddings {
+                products.accumulateEmbeddings(dcos: block, wHat: wHat, n: n, d: d,
+                                              count: count, into: gradEmbeddings)
+            }
+            products.weights(dcos: block, xHat: call.xHat, n: n, d: d, count: count,
+                             into: dWHat)
+            RowParallel.forEachRow(rows: count, columns: d, threads: call.threads) { j, _ in
+                kernels.normalizeBackward(wHat + j * d, wNorms + j, 1, d, dWHat + j * d)
+                return true
+            }
+        }
+    }
+}
