@@ -21,8 +21,8 @@ import AMMSoftmaxMath
 /// recomputed cosines of the blocks not kept: none while N C elements fit in `keepBudget`
 /// (N = 256, C = 98,000 in f32), about a fraction 1 - 96 MiB / (N C element size) beyond. Kept
 /// or recomputed, a block's cosines come from the same product calls, so the results do not
-/// depend on how many blocks are kept. Why keep them: the fourth product was a quarter of the
-/// time; the budget trades memory for it, and stays a fixed bound whatever C is.
+/// depend on how many blocks are kept. Keeping them saves a fourth product of the same size as
+/// each of the three; the budget trades a fixed amount of memory for it, whatever C is.
 ///
 /// Extra memory: x^ (N x D); the kept cosines (at most `keepBudget` bytes); one block's
 /// cosines (N x B, only if some block is not kept) and normalised weights (B x D); and O(N)
