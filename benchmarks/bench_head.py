@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "python"))
 import amm_softmax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_paths import repository_relative  # noqa: E402
 from torch_probe import load_torch_peer  # noqa: E402
 
 _TORCH_PEER, TORCH_WHY = load_torch_peer()
@@ -42,15 +43,6 @@ if HAVE_TORCH:
     torch_loss = _TORCH_PEER.torch_loss
 
 MB = 1 << 20
-
-
-def repository_relative(path: Path) -> str:
-    """`path` relative to the repository when it lies inside it, so that the printed results
-    (benchmarks/results/*.txt) name no folder of the machine that ran them."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,21 +42,13 @@ VARIANTS = {
 REFERENCE_LIMIT = 26_000_000  # N*C above which the NumPy reference is skipped (its temporaries)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_paths import repository_relative  # noqa: E402
 from torch_probe import load_torch_peer  # noqa: E402
 
 _TORCH_PEER, TORCH_WHY = load_torch_peer()
 HAVE_TORCH = _TORCH_PEER is not None
 if HAVE_TORCH:
     torch_forward_backward = _TORCH_PEER.torch_forward_backward
-
-
-def repository_relative(path: Path) -> str:
-    """`path` relative to the repository when it lies inside it, so that the printed results
-    (benchmarks/results/*.txt) name no folder of the machine that ran them."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ------------------------------------------------------------------------------------------------

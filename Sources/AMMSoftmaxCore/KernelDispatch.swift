@@ -101,32 +101,23 @@ public enum KernelDispatch {
         }
         // The library stays loaded for the life of the process once its table is taken; a
         // refused one is closed.
-        guard let handshakeSymbol = dlsym(handle, RowKernelTable.handshakeSymbol(build.rawValue)),
-              let fillSymbol = dlsym(handle, RowKernelTable.fillSymbol(build.rawValue))
-        else {
+        guard let fillSymbol = dlsym(handle, RowKernelTable.fillSymbol(build.rawValue)) else {
             dlclose(handle)
             return .failure(Refusal(reason: "\(file) refused: it has no kernel-table handshake "
                 + "(built by an older version; rebuild or reinstall it with this library)"))
         }
-        typealias Handshake = @convention(c) () -> UInt64
-        typealias Fill = @convention(c) (UnsafeMutableRawPointer, Int) -> Int32
-        let theirs = unsafeBitCast(handshakeSymbol, to: Handshake.self)()
+        typealias Fill = @convention(c) (UnsafeMutableRawPointer, Int, UInt64) -> UInt64
         let ours = RowKernelTable.handshake
+        var table = portable
+        let theirs = withUnsafeMutableBytes(of: &table) {
+            unsafeBitCast(fillSymbol, to: Fill.self)($0.baseAddress!, $0.count, ours)
+        }
         guard theirs == ours else {
             dlclose(handle)
             return .failure(Refusal(reason: "\(file) refused: its kernel table (ABI "
                 + "\(theirs >> 32), \(theirs & 0xFFFF_FFFF) bytes) does not match this "
                 + "library's (ABI \(ours >> 32), \(ours & 0xFFFF_FFFF) bytes); rebuild or "
                 + "reinstall both together"))
-        }
-        var table = portable
-        let status = withUnsafeMutableBytes(of: &table) {
-            unsafeBitCast(fillSymbol, to: Fill.self)($0.baseAddress!, $0.count)
-        }
-        guard status == 0 else {
-            dlclose(handle)
-            return .failure(Refusal(reason: "\(file) refused to fill a table of "
-                + "\(MemoryLayout<RowKernelTable>.size) bytes"))
         }
         return .success(table)
         #else

@@ -11,9 +11,9 @@ import AMMSoftmaxMath
 ///
 /// The pointers cross the image boundary with raw pointers to the Swift values (LossParameters,
 /// RowStatistics), whose layouts agree only when both sides come from the same sources and
-/// compiler. So each build library also exports its `handshake` (this type's `abiVersion` and
-/// size), and the dispatcher refuses a library whose handshake differs from its own: a stale
-/// build left beside a newer core falls back instead of corrupting memory.
+/// compiler. So a build library and the dispatcher exchange a `handshake` (this type's
+/// `abiVersion` and size) before a table crosses, and a library whose handshake differs is
+/// refused: a stale build left beside a newer core falls back instead of corrupting memory.
 public struct RowKernelTable: @unchecked Sendable {  // immutable C function pointers
     /// Raise on any change to this table, to the types its entries pass by raw pointer
     /// (LossParameters, RowStatistics, RowAccumulator, GradientStream), or to what an entry
@@ -26,21 +26,22 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
         abiVersion << 32 | UInt64(MemoryLayout<RowKernelTable>.size)
     }
 
-    /// The symbols each build library exports: the handshake, and the function that fills a
-    /// table (given its size, which it checks again) and returns 0, or returns -1 untouched.
-    public static func handshakeSymbol(_ build: String) -> String {
-        "amm_internal_row_kernels_handshake_\(build)"
-    }
+    /// The one symbol each build library exports. Its function takes the caller's table
+    /// storage, that storage's size and the caller's handshake; it fills the table only when
+    /// both match its own, and always returns its own handshake, which the caller compares.
+    /// (A library from before the handshake lacks the symbol, and is refused for that.)
     public static func fillSymbol(_ build: String) -> String {
         "amm_internal_row_kernels_fill_\(build)"
     }
 
     /// The body of a build library's fill function.
     @inlinable @inline(__always)
-    public static func fill(_ table: UnsafeMutableRawPointer, size: Int) -> Int32 {
-        guard size == MemoryLayout<RowKernelTable>.size else { return -1 }
-        table.storeBytes(of: RowKernelTable.compiledHere(), as: RowKernelTable.self)
-        return 0
+    public static func fill(_ table: UnsafeMutableRawPointer, size: Int,
+                            handshake theirs: UInt64) -> UInt64 {
+        if theirs == handshake && size == MemoryLayout<RowKernelTable>.size {
+            table.storeBytes(of: RowKernelTable.compiledHere(), as: RowKernelTable.self)
+        }
+        return handshake
     }
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
     /// whether to count hard negatives, a GradientStream<T> to advance or nil, statistics out)

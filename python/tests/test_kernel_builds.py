@@ -119,14 +119,16 @@ def test_kernel_build_is_reported():
 
 
 # --- the handshake ------------------------------------------------------------------------------
-# Stand-ins for libAMMSoftmaxAVX2.so: their fill function aborts the process, so a test passes
-# only if the library refuses them before asking for a table.
+# Stand-ins for libAMMSoftmaxAVX2.so. The one of another table version answers the handshake
+# as the protocol says (its own handshake, no table written); the one from before the handshake
+# has only the old symbol, whose function aborts the process, so the test passes only if the
+# library never calls it.
 STAND_INS = {
     "wrong-version": """
         #include <stdint.h>
-        #include <stdlib.h>
-        uint64_t amm_internal_row_kernels_handshake_avx2(void) { return (1ull << 32) | 96u; }
-        int32_t amm_internal_row_kernels_fill_avx2(void *t, long n) { abort(); }
+        uint64_t amm_internal_row_kernels_fill_avx2(void *table, long size, uint64_t theirs) {
+            return (1ull << 32) | 96u;
+        }
     """,
     "no-handshake": """
         #include <stdlib.h>
