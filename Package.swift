@@ -2,31 +2,34 @@
 //
 // amm-softmax: the AMM-Softmax loss (and ArcFace, CosFace, MV-Softmax) with exact gradients.
 //
-// Layout (one concern per target; each depends only on those above it):
+// Layout (one concern per target; each depends only on those above it; docs/ARCHITECTURE.md
+// follows a call through them):
+//   CPlatform          what Swift cannot say directly: the CPU level, the path of an image,
+//                      cache prefetch hints (used by the row kernels).
 //   CVectorMath        the exponential, the amm mining arithmetic and "any lane greater" in
 //                      clang's vector extensions (IEEE operations, fused multiply-adds named
 //                      where the CPU has them: the same bits on the AVX2 and AVX-512 builds),
 //                      where Swift's SIMD code vectorised unreliably; header-only C.
-//   AMMSoftmaxMath     the mathematics: parameters and their domains, angles, the target logit,
-//                      mining and the negative logit, the vectorised exponential. No loops
-//                      over data, no pointers from outside.
+//   AMMSoftmaxMath     the mathematics: parameters and their domains (validation), angles, the
+//                      target logit, mining and the negative logit; and the element types
+//                      (LossScalar), whose requirements are the vector primitives of
+//                      CVectorMath (the exponential, the amm arithmetic, the one-pass stretch),
+//                      so that generic kernels reach the C code for their type.
 //   AMMSoftmaxKernels  the row kernels: SIMD loops over one row (statistics, gradient), generic
 //                      and @inlinable, so that each build below compiles its own copy.
 //   AMMKernelsAVX2,    the row kernels compiled for x86-64-v3 (AVX2) and x86-64-v4 (AVX-512),
 //   AMMKernelsAVX512   each in its own shared library (libAMMSoftmaxAVX2.so,
 //                      libAMMSoftmaxAVX512.so) that the core loads only on a CPU that has the
 //                      level; the core's own copy is baseline x86-64 (SSE2) and runs anywhere.
-//   CPlatform          what Swift cannot say directly: the CPU level, the path of an image,
-//                      cache prefetch hints (used by the row kernels).
 //   AMMSoftmaxCore     the whole-matrix kernels: kernel choice, rows over threads, reductions,
-//                      validation, and the Swift API.
+//                      and the Swift API (which calls the validation of AMMSoftmaxMath).
 //   AMMSoftmaxHead     the fused head: embeddings and class weights in, loss and both gradients
 //                      out, over blocks of classes with OpenBLAS products (COpenBLAS: Debian's
 //                      libopenblas-dev), never holding the N x C matrix.
 //   CAMMSoftmax        the hand-written C header `include/amm_softmax.h`, exposed to Swift as a
 //                      clang module so the ABI layer uses the very struct the C users see.
-//   AMMSoftmax         the C ABI: `@_cdecl` entry points, argument validation, status codes and
-//                      the thread-local error message. Built as the dynamic library
+//   AMMSoftmax         the C ABI: `@_cdecl` entry points, reading amm_params once, pointer
+//                      checks, status codes and the thread-local error message. Built as the dynamic library
 //                      libAMMSoftmax.so.
 import PackageDescription
 
@@ -53,7 +56,8 @@ let package = Package(
         ),
         .target(
             name: "AMMSoftmaxKernels",
-            dependencies: ["AMMSoftmaxMath", "CPlatform"]
+            dependencies: ["AMMSoftmaxMath", "CPlatform", "CVectorMath",
+                           .product(name: "RealModule", package: "swift-numerics")]
         ),
         // -target-cpu names LLVM's CPU models: haswell and skylake-avx512 enable exactly the
         // instruction sets of x86-64-v3 and x86-64-v4 that compiled code uses (the extras they
@@ -103,8 +107,8 @@ let package = Package(
         ),
         .testTarget(
             name: "AMMSoftmaxCoreTests",
-            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "CVectorMathAVX2Probe",
-                           "CVectorMathAVX512Probe", "CPlatform"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxHead", "AMMSoftmaxKernels",
+                           "CVectorMathAVX2Probe", "CVectorMathAVX512Probe", "CPlatform"]
         ),
         .testTarget(
             name: "AMMSoftmaxABITests",

@@ -1,8 +1,9 @@
 """Finding, loading and declaring libAMMSoftmax.so (ctypes).
 
 The library is looked for, in order: the path in AMM_SOFTMAX_LIBRARY, the copy inside this
-installed package, the repository's .build/release/. It is loaded on first use, so that
-`import amm_softmax` (and the reference) work without it.
+installed package, the repository's .build/release/. It is loaded on first use, so that `import amm_softmax`
+works without it (the reference's arithmetic needs no library, but its argument checks call
+amm_params_validate, so calling it does).
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.amm_params_init.restype = None
     lib.amm_version.argtypes = []
     lib.amm_version.restype = ctypes.c_char_p
+    lib.amm_status_name.argtypes = [ctypes.c_int]
+    lib.amm_status_name.restype = ctypes.c_char_p
     lib.amm_version_number.argtypes = []
     lib.amm_version_number.restype = ctypes.c_uint32
     lib.amm_params_validate.argtypes = [params]

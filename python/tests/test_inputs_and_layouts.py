@@ -357,3 +357,22 @@ def test_the_unchanged_guard_detects_a_modification():
             as_list[0] = 1
     with unchanged(cos, labels):   # NaN compares equal to itself
         pass
+
+
+def test_python_amm_params_matches_the_c_struct():
+    """The ctypes mirror of amm_params has the C struct's size, and amm_params_init's defaults
+    land in the fields Python reads them from (so every offset agrees)."""
+    import ctypes
+    from amm_softmax import _library
+
+    lib = _library.load()
+    raw = ctypes.create_string_buffer(b"\xab" * 256)
+    lib.amm_params_init(ctypes.cast(raw, ctypes.POINTER(_library.AmmParams)))
+    p = _library.AmmParams.from_buffer_copy(raw.raw[:ctypes.sizeof(_library.AmmParams)])
+    assert p.struct_size == ctypes.sizeof(_library.AmmParams)
+    assert raw.raw[ctypes.sizeof(_library.AmmParams)] == 0xAB  # nothing written past the struct
+    assert (p.scale, p.margin, p.hard_margin) == (64.0, 0.5, 0.2)
+    assert (p.target, p.hard, p.reduction, p.num_threads) == (0, 0, 0, 0)
+    assert (p.ignore_index, p.head_block_size, p.hard_negatives) == (-100, 0, None)
+    assert lib.amm_params_validate(ctypes.byref(p)) == _library.AMM_OK
+    assert lib.amm_status_name(_library.AMM_ERR_PARAM) == b"AMM_ERR_PARAM"
