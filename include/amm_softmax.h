@@ -32,7 +32,7 @@
  *     "amm_forward_f32: labels[3] = 7 is out of range: must be in [0, 5) or equal
  *     ignore_index (-100)". A successful call leaves the previous message in place.
  *   - Validation happens before computing, in this order: params (struct_size, the variants,
- *     then the values), the shape, the pointers, the labels, grad_loss (every value must be
+ *     then the values; for _f32, the scale must also be finite as a float), the shape, the pointers, the labels, grad_loss (every value must be
  *     finite, ignored rows included); the first failure is reported. The finiteness of cos is
  *     checked row by row as the kernel reads it (only rows that are not ignored must be
  *     finite); when several rows are bad, the error names the lowest row index, whatever

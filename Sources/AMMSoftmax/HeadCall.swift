@@ -17,9 +17,12 @@ struct HeadCall<T: GEMMScalar> {
     func run() throws(ABIError) {
         let abi = try ABIParameters(reading: params, checkingHeadBlockSize: true)
         let parameters = abi.loss
-        do { try HeadKernel.validateShape(rows: n, dimension: d, classes: c) } catch {
-            throw ABIError(error)
-        }
+        do {
+            // The scale's range in T is a parameter check: made with the others, before the
+            // shape.
+            try parameters.validateScale(for: T.self)
+            try HeadKernel.validateShape(rows: n, dimension: d, classes: c)
+        } catch { throw ABIError(error) }
         let rows = Int(n), dimension = Int(d), classes = Int(c)
         let perRowCount = parameters.reduction == .none ? rows : 1
         try require(embeddings, "embeddings", elements: rows * dimension)

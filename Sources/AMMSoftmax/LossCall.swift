@@ -19,6 +19,8 @@ struct LossCall<T: LossScalar> {
     func run() throws(ABIError) {
         let abi = try ABIParameters(reading: params, checkingHeadBlockSize: false)
         let parameters = abi.loss
+        // The scale's range in T is a parameter check: made with the others, before the shape.
+        do { try parameters.validateScale(for: T.self) } catch { throw ABIError(error) }
         let rows = Int(n), columns = Int(c)
         do { try validateShape(rows: rows, classes: columns) } catch { throw ABIError(error) }
 

@@ -28,14 +28,8 @@ public struct AMMSoftmaxLoss: Sendable {
     public func backward<T: LossScalar>(cos: [T], labels: [Int64], classes: Int,
                                         gradOutput: [T]) throws(LossError) -> [T]
     {
-        let expected = parameters.reduction == .none ? labels.count : 1
-        guard gradOutput.count == expected else {
-            throw .shape("grad_output has \(gradOutput.count) values but must have \(expected) "
-                + "for reduction \(parameters.reduction)")
-        }
-        try validateGradOutput(gradOutput)
-        return try run(cos: cos, labels: labels, classes: classes, upstream: gradOutput,
-                       wantsGradient: true).gradient
+        try run(cos: cos, labels: labels, classes: classes, upstream: gradOutput,
+                wantsGradient: true).gradient
     }
 
     /// The loss and its gradient with respect to `cos` in one call.
@@ -45,18 +39,28 @@ public struct AMMSoftmaxLoss: Sendable {
         try run(cos: cos, labels: labels, classes: classes, upstream: nil, wantsGradient: true)
     }
 
-    /// Validates, then runs the kernel. The loss is computed unless an upstream gradient is
+    /// Validates (parameters, shape, labels, then the upstream gradient: the C interface's
+    /// order), then runs the kernel. The loss is computed unless an upstream gradient is
     /// given (a backward call); the gradient when `wantsGradient`.
     private func run<T: LossScalar>(
         cos: [T], labels: [Int64], classes: Int, upstream: [T]?, wantsGradient: Bool
     ) throws(LossError) -> (loss: [T], gradient: [T]) {
         try parameters.validate()
+        try parameters.validateScale(for: T.self)
         let rows = labels.count
         try validateShape(rows: rows, classes: classes)
         guard cos.count == rows * classes else {
             throw .shape("cos has \(cos.count) values but must have n * c = \(rows) * \(classes)")
         }
         try validateLabels(labels, classes: classes, ignoreIndex: parameters.ignoreIndex)
+        if let upstream {
+            let expected = parameters.reduction == .none ? rows : 1
+            guard upstream.count == expected else {
+                throw .shape("grad_output has \(upstream.count) values but must have "
+                    + "\(expected) for reduction \(parameters.reduction)")
+            }
+            try validateGradOutput(upstream)
+        }
 
         let wantsLoss = upstream == nil
         var loss = [T](repeating: 0,

@@ -70,6 +70,23 @@ struct ABITests {
         #expect(lastError.contains("params->hard = 9 is unknown"))
     }
 
+    /// The scale's range in Float is a parameter check, reported before a bad label or shape.
+    @Test func f32ScaleIsCheckedWithTheParameters() {
+        var p = params
+        p.scale = 1e39
+        var loss: [Float] = [0]
+        let badLabels: [Int64] = [7, 0]
+        #expect(amm_forward_f32(&p, cos.map { Float($0) }, 2, 3, badLabels, &loss)
+                == Int32(AMM_ERR_PARAM.rawValue))
+        #expect(lastError.hasPrefix("amm_forward_f32: parameter scale = 1e+39 is invalid"))
+        var gx = [Float](repeating: 0, count: 6), gw = [Float](repeating: 0, count: 9)
+        #expect(amm_head_forward_backward_f32(&p, [Float](repeating: 1, count: 6),
+                                              [Float](repeating: 1, count: 9), 2, 3, 3,
+                                              badLabels, &loss, &gx, &gw)
+                == Int32(AMM_ERR_PARAM.rawValue))
+        #expect(lastError.hasPrefix("amm_head_forward_backward_f32: parameter scale = 1e+39"))
+    }
+
     @Test func kernelBuildDetailSaysWhichWasSelected() {
         let build = String(cString: amm_kernel_build())
         let detail = String(cString: amm_kernel_build_detail())
