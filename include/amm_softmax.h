@@ -63,8 +63,8 @@ extern "C" {
    library loaded, which may differ: compare amm_version_number() with AMM_VERSION_NUMBER at run
    time to detect a library older than the header a program was compiled against. */
 #define AMM_VERSION_MAJOR 0
-#define AMM_VERSION_MINOR 2
-#define AMM_VERSION_PATCH 1
+#define AMM_VERSION_MINOR 3
+#define AMM_VERSION_PATCH 0
 #define AMM_VERSION_NUMBER (AMM_VERSION_MAJOR * 10000 + AMM_VERSION_MINOR * 100 + AMM_VERSION_PATCH)
 
 /* Marks every function of the library's interface: exported from the shared library when
@@ -168,7 +168,7 @@ AMM_API void amm_params_init(amm_params *p);
 /* The library's version as "MAJOR.MINOR.PATCH". A static string: never free it. Thread-safe. */
 AMM_API const char *amm_version(void);
 
-/* The library's version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (0.2.1 is 201), to
+/* The library's version as one number, MAJOR * 10000 + MINOR * 100 + PATCH (0.3.0 is 300), to
    compare with AMM_VERSION_NUMBER. Since 0.2.1. Thread-safe. */
 AMM_API uint32_t amm_version_number(void);
 
@@ -291,6 +291,129 @@ AMM_API int amm_head_forward_backward_f64(const amm_params *p, const double *emb
                                           const double *weights, int64_t n, int64_t d, int64_t c,
                                           const int64_t *labels, double *loss,
                                           double *grad_embeddings, double *grad_weights);
+
+/* ---------------------------------------------------------------------------------------------
+ * Sharding by class (since 0.3)
+ *
+ * For class counts that outgrow one process: P callers (ranks) each own a contiguous shard of
+ * the c_total classes, [class_start, class_start + c_local), and compute the loss and their
+ * shard's gradients in three phases, with collectives of their own engine (MPI, torch
+ * .distributed, ...) between them. The library never communicates. Every rank passes the same
+ * rows (n of them; for the head, the embeddings of every rank's rows, gathered first), the same
+ * labels (global class ids in [0, c_total), or p->ignore_index) and the same parameters.
+ * PartialFC's split, shard r of P: c_local = c_total / P + (r < c_total % P), class_start =
+ * r * (c_total / P) + min(r, c_total % P); any tiling of [0, c_total) works.
+ *
+ *   Phase 1, target:      amm_shard_*target_*       -> target_cos[n] (double)
+ *     collective A:  allreduce SUM, double, n values: target_cos (each row's target cosine; a
+ *                    shard that does not hold a row's target contributes 0.0, so the sum is
+ *                    exact and identical on every rank)
+ *   Phase 2, statistics:  amm_shard_*statistics_*   -> row_max[n], row_sum[n] (double)
+ *     collective B:  allreduce MAX, double, n values: row_max -> global_max
+ *     local:         amm_shard_rescale_sums(n, row_max, global_max, row_sum)
+ *     collective C:  allreduce SUM, double, n values: row_sum -> global_sum
+ *     collective D (only if p->hard_negatives is set): allreduce SUM, int64, n values: the
+ *                    counts, each rank's over its shard's negatives
+ *   Phase 3, gradient:    amm_shard_*gradient_*     -> loss (identical on every rank) and the
+ *                    shard's gradients
+ *     head only, collective E: sum grad_embeddings (n x d, the element type) over ranks: an
+ *                    allreduce SUM, or a reduce-scatter that leaves each rank its own rows
+ *
+ * row_max and row_sum are over the shard's negatives only (-inf and 0 when it has none): the
+ * largest negative logit s * g(c_j) and the sum of exp(s * g(c_j) - row_max); the target's
+ * term is added once, in phase 3. The result equals the unsharded computation up to the
+ * order of floating-point sums. Each phase validates as the unsharded functions do (the shard:
+ * c_total >= 1, c_local >= 0, 0 <= class_start <= c_total - c_local; labels against c_total),
+ * and reports NaN or infinity in its own shard, so an error may be seen by one rank only:
+ * agree on the status across ranks (one more small allreduce) before the next collective.
+ * Threads and memory as for the unsharded functions of the same kind.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Phase 1 on cosine logits. cos: n x c_local, this shard's columns of the n rows. Writes
+   target_cos[i] = cos[i, labels[i] - class_start] if the target is in this shard, else 0.0
+   (and 0.0 for ignored rows). */
+AMM_API int amm_shard_target_f32(const amm_params *p, const float *cos, int64_t n,
+                                 int64_t c_local, int64_t class_start, int64_t c_total,
+                                 const int64_t *labels, double *target_cos);
+AMM_API int amm_shard_target_f64(const amm_params *p, const double *cos, int64_t n,
+                                 int64_t c_local, int64_t class_start, int64_t c_total,
+                                 const int64_t *labels, double *target_cos);
+
+/* Phase 2 on cosine logits: row_max and row_sum over this shard's negatives, mined against
+   the threshold fixed by target_cos (the result of collective A); the hard-negative counts
+   of this shard in p->hard_negatives if set. Ignored rows give -inf and 0. */
+AMM_API int amm_shard_statistics_f32(const amm_params *p, const float *cos, int64_t n,
+                                     int64_t c_local, int64_t class_start, int64_t c_total,
+                                     const int64_t *labels, const double *target_cos,
+                                     double *row_max, double *row_sum);
+AMM_API int amm_shard_statistics_f64(const amm_params *p, const double *cos, int64_t n,
+                                     int64_t c_local, int64_t class_start, int64_t c_total,
+                                     const int64_t *labels, const double *target_cos,
+                                     double *row_max, double *row_sum);
+
+/* Between collectives B and C: row_sum[i] *= exp(row_max[i] - global_max[i]) (0 where
+   row_max[i] is -inf), so that the shards' sums share one reference. Never fails for n >= 0
+   and non-NULL arrays (returns AMM_ERR_NULL_POINTER / AMM_ERR_SHAPE otherwise). */
+AMM_API int amm_shard_rescale_sums(int64_t n, const double *row_max, const double *global_max,
+                                   double *row_sum);
+
+/* Phase 3 on cosine logits: the loss (1 value for mean and sum, n for none; the same on every
+   rank) and grad_cos, n x c_local, the gradient of this shard's columns, from global_max and
+   global_sum (the results of collectives B and C). grad_loss: NULL for an upstream gradient
+   of 1, else 1 value (mean, sum) or n values (none), finite; loss may be NULL when only the
+   gradient is wanted. */
+AMM_API int amm_shard_gradient_f32(const amm_params *p, const float *cos, int64_t n,
+                                   int64_t c_local, int64_t class_start, int64_t c_total,
+                                   const int64_t *labels, const double *target_cos,
+                                   const double *global_max, const double *global_sum,
+                                   const float *grad_loss, float *loss, float *grad_cos);
+AMM_API int amm_shard_gradient_f64(const amm_params *p, const double *cos, int64_t n,
+                                   int64_t c_local, int64_t class_start, int64_t c_total,
+                                   const int64_t *labels, const double *target_cos,
+                                   const double *global_max, const double *global_sum,
+                                   const double *grad_loss, double *loss, double *grad_cos);
+
+/* The three phases of the fused head. embeddings: n x d, every rank's rows (gathered), the
+   same on every rank; weights: c_local x d, this shard's class weights. The cosines are those
+   of amm_head_forward_backward_*: normalize(embeddings) normalize(weights)^T. */
+AMM_API int amm_shard_head_target_f32(const amm_params *p, const float *embeddings,
+                                      const float *weights, int64_t n, int64_t d,
+                                      int64_t c_local, int64_t class_start, int64_t c_total,
+                                      const int64_t *labels, double *target_cos);
+AMM_API int amm_shard_head_target_f64(const amm_params *p, const double *embeddings,
+                                      const double *weights, int64_t n, int64_t d,
+                                      int64_t c_local, int64_t class_start, int64_t c_total,
+                                      const int64_t *labels, double *target_cos);
+AMM_API int amm_shard_head_statistics_f32(const amm_params *p, const float *embeddings,
+                                          const float *weights, int64_t n, int64_t d,
+                                          int64_t c_local, int64_t class_start,
+                                          int64_t c_total, const int64_t *labels,
+                                          const double *target_cos, double *row_max,
+                                          double *row_sum);
+AMM_API int amm_shard_head_statistics_f64(const amm_params *p, const double *embeddings,
+                                          const double *weights, int64_t n, int64_t d,
+                                          int64_t c_local, int64_t class_start,
+                                          int64_t c_total, const int64_t *labels,
+                                          const double *target_cos, double *row_max,
+                                          double *row_sum);
+/* Phase 3 of the head: the loss (as above), grad_weights (c_local x d, complete for this
+   shard) and grad_embeddings (n x d): this shard's part of d loss / d embeddings, through the
+   normalisation (which is linear in the gradient, so the parts sum to the whole: collective E).
+   Upstream gradient 1. */
+AMM_API int amm_shard_head_gradient_f32(const amm_params *p, const float *embeddings,
+                                        const float *weights, int64_t n, int64_t d,
+                                        int64_t c_local, int64_t class_start, int64_t c_total,
+                                        const int64_t *labels, const double *target_cos,
+                                        const double *global_max, const double *global_sum,
+                                        float *loss, float *grad_embeddings,
+                                        float *grad_weights);
+AMM_API int amm_shard_head_gradient_f64(const amm_params *p, const double *embeddings,
+                                        const double *weights, int64_t n, int64_t d,
+                                        int64_t c_local, int64_t class_start, int64_t c_total,
+                                        const int64_t *labels, const double *target_cos,
+                                        const double *global_max, const double *global_sum,
+                                        double *loss, double *grad_embeddings,
+                                        double *grad_weights);
 
 #ifdef __cplusplus
 }

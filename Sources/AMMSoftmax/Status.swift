@@ -21,6 +21,8 @@ struct ABIError: Error {
         case .label: status = AMM_ERR_LABEL
         case .nonFiniteCosine, .nonFiniteInput, .nonFiniteGradOutput:
             status = AMM_ERR_NONFINITE
+        case let .invalidEntry(_, _, value, _):
+            status = value.isFinite ? AMM_ERR_PARAM : AMM_ERR_NONFINITE
         case .overflow: status = AMM_ERR_OVERFLOW
         case .allocation: status = AMM_ERR_ALLOC
         }

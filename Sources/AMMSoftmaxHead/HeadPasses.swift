@@ -9,6 +9,9 @@ struct HeadCallState<T: GEMMScalar> {
     let weights: UnsafePointer<T>
     let n: Int, d: Int, c: Int
     let labels: UnsafePointer<Int64>?
+    /// The global class id of the weights' first row: labels minus it are columns of this
+    /// call's classes (0 unless the call holds one shard of the classes).
+    let labelOffset: Int
     let hardNegatives: UnsafeMutablePointer<Int64>?
     let threads: Int
     /// Whether each row takes part (its label is not the ignore index).
@@ -24,16 +27,32 @@ struct HeadCallState<T: GEMMScalar> {
     /// can take a pointer to one; only the active rows are initialised (a plain value type).
     let accumulators: UnsafeMutablePointer<RowAccumulator<T>>
 
+    /// Where each active row's target cosine comes from.
+    enum TargetSource {
+        /// An indexed dot product with the row's class weights, all of which this call holds.
+        case dotProducts
+        /// Given: agreed over the ranks that hold one shard each (`shard.start` is the global
+        /// id of the weights' first row).
+        case given(UnsafePointer<Double>?, shard: ClassShard)
+    }
+
     /// Step 1: normalises the embeddings, checks the weights, and fixes every active row's
-    /// target cosine (an indexed dot product), target logit and mining threshold.
+    /// target cosine (an indexed dot product, or given), target logit and mining threshold.
     init(parameters: LossParameters, embeddings: UnsafePointer<T>?,
          weights: UnsafePointer<T>?, rows n: Int, dimension d: Int, classes c: Int,
          labels: UnsafePointer<Int64>?,
-         hardNegatives: UnsafeMutablePointer<Int64>?) throws(LossError) {
+         hardNegatives: UnsafeMutablePointer<Int64>?,
+         targetSource: TargetSource = .dotProducts) throws(LossError) {
         self.parameters = parameters
-        self.weights = weights!
+        // A shard may hold no class (and no weights): a pointer that is never read.
+        self.weights = weights ?? UnsafePointer(bitPattern: MemoryLayout<T>.alignment)!
         (self.n, self.d, self.c) = (n, d, c)
         self.labels = labels
+        if case .given(_, let shard) = targetSource {
+            labelOffset = shard.start
+        } else {
+            labelOffset = 0
+        }
         self.hardNegatives = hardNegatives
         let ignore = parameters.ignoreIndex
         let active = (0..<n).map { labels![$0] != ignore }
@@ -57,7 +76,7 @@ struct HeadCallState<T: GEMMScalar> {
                                   value: bad.value)
         }
         // The weights are checked whole before any is used (the target cosines read them first).
-        if let bad = HeadKernel.firstNonFinite(weights!, count: c * d, threads: threads) {
+        if c > 0, let bad = HeadKernel.firstNonFinite(weights!, count: c * d, threads: threads) {
             releaseAll()
             throw .nonFiniteInput(name: "weights", row: bad / d, column: bad % d,
                                   value: Double(weights![bad]))
@@ -66,12 +85,15 @@ struct HeadCallState<T: GEMMScalar> {
         let scale = T(parameters.scale)
         var targets = [TargetLogit?](repeating: nil, count: n)
         for i in 0..<n where active[i] {
-            let y = Int(labels![i])
-            let w = weights! + y * d
-            let inverse = 1 / Swift.max(RowNormalization.norm(w, dimension: d)!,
-                                        RowNormalization.floor)
-            let dot = RowNormalization.dot(xHat + i * d, w, count: d)
-            let target = TargetLogit(cosine: dot * inverse, kind: parameters.target,
+            let cosine: Double
+            switch targetSource {
+            case .dotProducts:
+                cosine = Self.targetCosine(xHat + i * d, weights! + Int(labels![i]) * d,
+                                           dimension: d)
+            case .given(let cosines, _):
+                cosine = cosines![i]
+            }
+            let target = TargetLogit(cosine: cosine, kind: parameters.target,
                                      margin: parameters.margin)
             targets[i] = target
             (accumulators + i).initialize(to: RowAccumulator(
@@ -86,6 +108,20 @@ struct HeadCallState<T: GEMMScalar> {
         xHat.deallocate()
         xNorms.deallocate()
         accumulators.deallocate()
+    }
+
+    /// c_y = <x^_i, W_y> / max(||W_y||, floor): a row's target cosine by an indexed dot product.
+    static func targetCosine(_ xHatRow: UnsafePointer<T>, _ weightRow: UnsafePointer<T>,
+                             dimension d: Int) -> Double {
+        let inverse = 1 / Swift.max(RowNormalization.norm(weightRow, dimension: d)!,
+                                    RowNormalization.floor)
+        return RowNormalization.dot(xHatRow, weightRow, count: d) * inverse
+    }
+
+    /// The column of row i's target among this call's classes (outside [0, c) if another shard
+    /// holds it).
+    func targetColumn(_ i: Int) -> Int {
+        Int(labels![i]) - labelOffset
     }
 
     /// The factor of every row's gradient: 1/count for mean (the upstream gradient is 1).
@@ -197,7 +233,7 @@ struct HeadBlocks<T: GEMMScalar> {
                 guard call.active[i] else { return true }
                 withUnsafeTemporaryAllocation(of: T.self, capacity: RowKernel<T>.blockSize) {
                     kernels.accumulate(call.accumulators + i, block + i * count, count,
-                                       Int(call.labels![i]) - start, $0.baseAddress!)
+                                       call.targetColumn(i) - start, $0.baseAddress!)
                 }
                 return true
             }
@@ -235,7 +271,7 @@ struct HeadBlocks<T: GEMMScalar> {
                         return true
                     }
                     withUnsafePointer(to: st) {
-                        kernels.segment(segment, count, Int(call.labels![i]) - start, $0,
+                        kernels.segment(segment, count, call.targetColumn(i) - start, $0,
                                         rowFactor, segment)
                     }
                     return true

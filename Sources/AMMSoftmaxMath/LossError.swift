@@ -17,6 +17,9 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     /// The logits of `row` overflow the element type (s g(cos) beyond its largest finite value,
     /// about 3.4e38 for Float), so that its loss is not a number.
     case overflow(row: Int, elementType: String, largest: Double)
+    /// `name[index]`, an entry of a per-row input (the sharded phases' target cosines and
+    /// global statistics), is outside its domain.
+    case invalidEntry(name: String, index: Int, value: Double, requirement: String)
     /// Scratch memory could not be allocated.
     case allocation(bytes: Int)
 
@@ -38,6 +41,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
         case let .overflow(row, type, largest):
             return "the logits of row \(row) overflow \(type): scale * g(cos) exceeds \(largest); "
                 + "lower scale, or bring cos into [-1, 1]"
+        case let .invalidEntry(name, index, value, requirement):
+            return "\(name)[\(index)] = \(value) is invalid: must be \(requirement)"
         case let .allocation(bytes):
             return "could not allocate \(bytes) bytes of scratch memory"
         }
