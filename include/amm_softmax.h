@@ -94,8 +94,11 @@ typedef enum amm_status {
                                    or grad_loss holds a NaN or an infinity                      */
     AMM_ERR_ALLOC = 6,          /* the library could not allocate its scratch memory            */
     AMM_ERR_INTERNAL = 7,       /* a bug in the library; please report it with the message      */
-    AMM_ERR_OVERFLOW = 8        /* the logits s * g(cos) of a row overflow the element type
-                                   (float: beyond about 3.4e38), so its loss is not a number  */
+    AMM_ERR_OVERFLOW = 8        /* an output the element type cannot hold (float: beyond about
+                                   3.4e38): a row's logits s * g(cos), so that its loss is not
+                                   a number; the loss reduced over rows; or a gradient entry
+                                   (s * |upstream| * df/dc, or the head's division by a norm
+                                   near 1e-12). Never an infinity with AMM_OK.               */
 } amm_status;
 
 /* The name of a status code as in this header ("AMM_OK", "AMM_ERR_LABEL", ...), or

@@ -23,7 +23,7 @@ struct ABIError: Error {
             status = AMM_ERR_NONFINITE
         case let .invalidEntry(_, _, value, _):
             status = value.isFinite ? AMM_ERR_PARAM : AMM_ERR_NONFINITE
-        case .overflow: status = AMM_ERR_OVERFLOW
+        case .overflow, .outputOverflow: status = AMM_ERR_OVERFLOW
         case .allocation: status = AMM_ERR_ALLOC
         }
         self.init(status, error.description)

@@ -69,6 +69,6 @@ public enum LossKernels {
             pass.finishWorker(worker)
         }
         if let error = pass.firstFailure { throw error }
-        pass.reduceLosses()
+        try pass.reduceLosses()
     }
 }

@@ -126,6 +126,11 @@ struct LossPass<T: LossScalar> {
             let upstream = parameters.reduction == .none
                 ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
             kernels.gradient(columns, y, result, blockReferences, upstream, gradientRow)
+            if parameters.gradientMayOverflow(T.self, upstream: upstream),
+               let column = firstNonFinite(gradientRow, count: columns) {
+                failures[worker] = (i, .outputOverflow("grad_cos[\(i), \(column)]", T.self))
+                return false
+            }
             if streaming {
                 (streams.baseAddress! + worker).initialize(
                     to: GradientStream(from: gradientRow, to: finalRow!, count: columns))
@@ -149,16 +154,12 @@ struct LossPass<T: LossScalar> {
     }
 
     /// The reduction of the row losses into `outputs.loss`, in row order.
-    func reduceLosses() {
+    ///
+    /// - Throws: `.outputOverflow` when a value is beyond T's range.
+    func reduceLosses() throws(LossError) {
         guard let loss = outputs.loss else { return }
-        switch parameters.reduction {
-        case .none:
-            for i in 0..<rows { loss[i] = T(rowLosses[i]) }
-        case .sum, .mean:
-            var total = 0.0
-            for i in 0..<rows { total += rowLosses[i] }
-            loss[0] = T(parameters.reduction == .mean
-                ? (countedRows > 0 ? total / Double(countedRows) : 0) : total)
-        }
+        try LossReduction.write(UnsafeBufferPointer(rowLosses), count: rows,
+                                reduction: parameters.reduction, counted: countedRows,
+                                into: loss)
     }
 }

@@ -124,7 +124,7 @@ public enum ShardKernels {
         let counted = statistics.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
         let reduction = parameters.reduction
         if let loss {
-            reduceLosses(statistics, reduction: reduction, counted: counted, into: loss)
+            try reduceLosses(statistics, reduction: reduction, counted: counted, into: loss)
         }
         guard let gradient else { return }
         let rowFactor: Double
@@ -136,9 +136,11 @@ public enum ShardKernels {
             rowFactor = 1
         }
         let kernels = RowKernels<T>()
+        let failures = FirstFailure(rows: rows, columns: columns, threads: parameters.numThreads)
+        defer { failures.release() }
         statistics.withUnsafeBufferPointer { statistics in
             RowParallel.forEachRow(rows: rows, columns: columns,
-                                   threads: parameters.numThreads) { i, _ in
+                                   threads: parameters.numThreads) { i, worker in
                 let out = gradient + i * columns
                 guard let st = statistics[i], columns > 0 else {
                     out.update(repeating: 0, count: columns)
@@ -150,9 +152,16 @@ public enum ShardKernels {
                     kernels.segment(cos! + i * columns, columns,
                                     Int(labels![i]) - shard.start, $0, factor, out)
                 }
+                if parameters.gradientMayOverflow(T.self, upstream: factor),
+                   let column = firstNonFinite(out, count: columns) {
+                    failures.record(row: i, worker: worker,
+                                    .outputOverflow("grad_cos[\(i), \(column)]", T.self))
+                    return false
+                }
                 return true
             }
         }
+        if let error = failures.first { throw error }
     }
 
     // MARK: - Shared by the loss and the head (AMMSoftmaxHead's ShardHeadKernel)
@@ -205,14 +214,11 @@ public enum ShardKernels {
     package static func reduceLosses<T: LossScalar>(
         _ statistics: [RowStatistics<T>?], reduction: Reduction, counted: Int,
         into loss: UnsafeMutablePointer<T>
-    ) {
-        switch reduction {
-        case .none:
-            for (i, st) in statistics.enumerated() { loss[i] = T(st?.loss ?? 0) }
-        case .sum, .mean:
-            var total = 0.0
-            for st in statistics { total += st?.loss ?? 0 }
-            loss[0] = T(reduction == .mean ? (counted > 0 ? total / Double(counted) : 0) : total)
+    ) throws(LossError) {
+        let losses = statistics.map { $0?.loss ?? 0 }
+        try losses.withUnsafeBufferPointer { (losses) throws(LossError) in
+            try LossReduction.write(losses, count: losses.count, reduction: reduction,
+                                    counted: counted, into: loss)
         }
     }
 

@@ -83,7 +83,8 @@ public enum HeadKernel {
     ///   valid for their sizes (nil only for zero elements).
     /// - Throws: `.parameter` for a scale not finite in T; `.nonFiniteInput` for the first NaN
     ///   or infinity in the embeddings of a row that is not ignored, then in the weights;
-    ///   `.overflow` for the lowest row whose logits overflow T.
+    ///   `.overflow` for the lowest row whose logits overflow T; `.outputOverflow` for a loss
+    ///   or gradient entry beyond T's range.
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func run<T: GEMMScalar>(
@@ -111,6 +112,7 @@ public enum HeadKernel {
                 RowNormalization.backward(normalized: call.xHat, norms: call.xNorms, count: n,
                                           dimension: d, gradient: gradEmbeddings)
             }
+            try call.checkGradients(embeddings: gradEmbeddings, weights: gradWeights)
         }
     }
 

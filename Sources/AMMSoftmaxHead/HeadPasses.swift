@@ -104,6 +104,20 @@ struct HeadCallState<T: GEMMScalar> {
         self.targets = targets
     }
 
+    /// Checks the gradients a call wrote: an entry beyond T's range (possible only for huge
+    /// scales or near-zero norms) is an error, never an infinity.
+    func checkGradients(embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?)
+        throws(LossError)
+    {
+        for (name, values, count) in [("grad_embeddings", embeddings, n * d),
+                                      ("grad_weights", weights, c * d)] {
+            guard let values, count > 0,
+                  let bad = HeadKernel.firstNonFinite(values, count: count, threads: threads)
+            else { continue }
+            throw .outputOverflow("\(name)[\(bad / d), \(bad % d)]", T.self)
+        }
+    }
+
     func release() {
         xHat.deallocate()
         xNorms.deallocate()
@@ -131,6 +145,9 @@ struct HeadCallState<T: GEMMScalar> {
 
     /// Step 3, after the first pass: each row's loss and statistics (nil for ignored rows), the
     /// hard-negative counts, and the reduction written to `loss`.
+    ///
+    /// - Throws: `.overflow` for the lowest row whose loss overflows; `.outputOverflow` for a
+    ///   reduced loss beyond T's range.
     func rowLosses(into loss: UnsafeMutablePointer<T>?) throws(LossError)
         -> [RowStatistics<T>?]
     {
@@ -156,13 +173,9 @@ struct HeadCallState<T: GEMMScalar> {
             losses[i] = st.loss
             statistics.append(st)
         }
-        switch parameters.reduction {
-        case .none:
-            for i in 0..<n { loss![i] = T(losses[i]) }
-        case .sum, .mean:
-            let total = losses.reduce(0, +)  // in row order
-            loss![0] = T(parameters.reduction == .mean
-                ? (activeCount > 0 ? total / Double(activeCount) : 0) : total)
+        try losses.withUnsafeBufferPointer { (losses) throws(LossError) in
+            try LossReduction.write(losses, count: n, reduction: parameters.reduction,
+                                    counted: activeCount, into: loss!)
         }
         return statistics
     }

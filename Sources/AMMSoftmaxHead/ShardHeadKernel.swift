@@ -112,8 +112,8 @@ public enum ShardHeadKernel {
                 targetSource: .given(targetCosines, shard: shard))
             defer { call.release() }
             if let loss {
-                ShardKernels.reduceLosses(statistics, reduction: parameters.reduction,
-                                          counted: call.activeCount, into: loss)
+                try ShardKernels.reduceLosses(statistics, reduction: parameters.reduction,
+                                              counted: call.activeCount, into: loss)
             }
             let blocks = HeadBlocks<T>(call: call, requestedBlockSize: requested, keepBudget: 0)
             defer { blocks.release() }
@@ -127,6 +127,7 @@ public enum ShardHeadKernel {
                 RowNormalization.backward(normalized: call.xHat, norms: call.xNorms, count: n,
                                           dimension: d, gradient: gradEmbeddings)
             }
+            try call.checkGradients(embeddings: gradEmbeddings, weights: gradWeights)
         }
     }
 }

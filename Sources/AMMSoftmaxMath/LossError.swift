@@ -20,6 +20,9 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     /// `name[index]`, an entry of a per-row input (the sharded phases' target cosines and
     /// global statistics), is outside its domain.
     case invalidEntry(name: String, index: Int, value: Double, requirement: String)
+    /// An output (`name`, e.g. "grad_cos[2, 5]" or "loss (the sum over rows)") is beyond the
+    /// element type's range although every input is valid: an error, never an infinity.
+    case outputOverflow(name: String, elementType: String, largest: Double)
     /// Scratch memory could not be allocated.
     case allocation(bytes: Int)
 
@@ -43,9 +46,22 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
                 + "lower scale, or bring cos into [-1, 1]"
         case let .invalidEntry(name, index, value, requirement):
             return "\(name)[\(index)] = \(value) is invalid: must be \(requirement)"
+        case let .outputOverflow(name, type, largest):
+            return "\(name) overflows \(type): its value exceeds \(largest); lower scale "
+                + "(or the upstream gradient)"
         case let .allocation(bytes):
             return "could not allocate \(bytes) bytes of scratch memory"
         }
+    }
+}
+
+extension LossError {
+    /// `.outputOverflow` of an output of element type T.
+    public static func outputOverflow<T: BinaryFloatingPoint>(_ name: String, _: T.Type)
+        -> LossError
+    {
+        .outputOverflow(name: name, elementType: "\(T.self)",
+                        largest: Double(T.greatestFiniteMagnitude))
     }
 }
 

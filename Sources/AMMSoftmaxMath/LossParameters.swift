@@ -1,3 +1,5 @@
+import RealModule
+
 /// The parameters of the loss family, with the defaults of docs/FORMULATION.md.
 ///
 /// One value of this type selects a member of the family:
@@ -42,6 +44,30 @@ public struct LossParameters: Sendable, Equatable {
             throw .parameter(name: "scale", value: "\(scale)",
                              requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
         }
+    }
+
+    /// An upper bound on |df/dc| and |dg/dc| over every cosine (at least 1, the easy
+    /// negatives'): with p_j <= 1, no gradient entry exceeds scale * |upstream| * this, so a
+    /// row whose bound stays below an element type's range cannot overflow it.
+    public var derivativeBound: Double {
+        let floor = Angles.sinFloor
+        let target = self.target == .arc
+            ? Swift.abs(Double.cos(margin)) + Swift.abs(Double.sin(margin)) / floor : 1
+        let hard: Double
+        switch self.hard {
+        case .amm: hard = Swift.abs(Double.cos(hardMargin)) + Swift.abs(Double.sin(hardMargin)) / floor
+        case .mvFixed: hard = Swift.abs(hardMargin)
+        case .mvAdaptive: hard = Swift.abs(hardMargin + 1)
+        case .none: hard = 1
+        }
+        return Swift.max(1, target, hard)
+    }
+
+    /// Whether a gradient row with this upstream factor may overflow T, so that it must be
+    /// checked once written (only for scales near T's range; half of it covers the rounding of
+    /// the products).
+    public func gradientMayOverflow<T: LossScalar>(_: T.Type, upstream: Double) -> Bool {
+        scale * Swift.abs(upstream) * derivativeBound >= Double(T.greatestFiniteMagnitude) / 2
     }
 
     /// Checks every parameter against its domain; throws naming the first one that is out of it.
