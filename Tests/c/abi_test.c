@@ -2355,6 +2355,1212 @@ static void test_head_threads(void)
     head_problem_free(&h);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Sharding by class (since 0.3): amm_shard_*
+ *
+ * The three phases on cosine logits and through the head, in both precisions, behind one
+ * dispatcher; a simulation of P ranks in this process, whose collectives are plain loops over
+ * the shards (sum, max, rescale, sum; in rank order); and the checks: validation, P = 1 against
+ * the unsharded functions, P = 3 and other tilings against them, shards without classes,
+ * amm_shard_rescale_sums.
+ * ------------------------------------------------------------------------------------------- */
+
+enum { PH_TARGET, PH_STATS, PH_GRAD };
+static const char *const shard_fn_name[2][3][2] = {
+    {{"amm_shard_target_f32", "amm_shard_target_f64"},
+     {"amm_shard_statistics_f32", "amm_shard_statistics_f64"},
+     {"amm_shard_gradient_f32", "amm_shard_gradient_f64"}},
+    {{"amm_shard_head_target_f32", "amm_shard_head_target_f64"},
+     {"amm_shard_head_statistics_f32", "amm_shard_head_statistics_f64"},
+     {"amm_shard_head_gradient_f32", "amm_shard_head_gradient_f64"}}};
+
+typedef struct {
+    const amm_params *p;
+    int head, d64;              /* the head or cosine logits; double or float elements */
+    const void *cos;            /* cosine logits: n x c_local, this shard's columns */
+    const void *emb, *w;        /* head: embeddings n x d, this shard's weights c_local x d */
+    int64_t n, d, c_local, class_start, c_total;
+    const int64_t *labels;
+    double *target_cos;         /* written by phase 1, read by phases 2 and 3 */
+    double *row_max, *row_sum;  /* phase 2 */
+    const double *global_max, *global_sum; /* phase 3 */
+    const void *grad_loss;      /* phase 3 on cosine logits; NULL: upstream gradient 1 */
+    void *loss;                 /* phase 3 */
+    void *grad;                 /* phase 3: grad_cos (n x c_local) or grad_embeddings (n x d) */
+    void *gw;                   /* phase 3 of the head: grad_weights, c_local x d */
+} shard_args;
+
+static int shard_dispatch(int phase, const shard_args *a)
+{
+    const amm_params *p = a->p;
+    if (!a->head && a->d64) {
+        const double *cos = a->cos;
+        if (phase == PH_TARGET)
+            return amm_shard_target_f64(p, cos, a->n, a->c_local, a->class_start, a->c_total,
+                                        a->labels, a->target_cos);
+        if (phase == PH_STATS)
+            return amm_shard_statistics_f64(p, cos, a->n, a->c_local, a->class_start,
+                                            a->c_total, a->labels, a->target_cos, a->row_max,
+                                            a->row_sum);
+        return amm_shard_gradient_f64(p, cos, a->n, a->c_local, a->class_start, a->c_total,
+                                      a->labels, a->target_cos, a->global_max, a->global_sum,
+                                      (const double *)a->grad_loss, (double *)a->loss,
+                                      (double *)a->grad);
+    }
+    if (!a->head) {
+        const float *cos = a->cos;
+        if (phase == PH_TARGET)
+            return amm_shard_target_f32(p, cos, a->n, a->c_local, a->class_start, a->c_total,
+                                        a->labels, a->target_cos);
+        if (phase == PH_STATS)
+            return amm_shard_statistics_f32(p, cos, a->n, a->c_local, a->class_start,
+                                            a->c_total, a->labels, a->target_cos, a->row_max,
+                                            a->row_sum);
+        return amm_shard_gradient_f32(p, cos, a->n, a->c_local, a->class_start, a->c_total,
+                                      a->labels, a->target_cos, a->global_max, a->global_sum,
+                                      (const float *)a->grad_loss, (float *)a->loss,
+                                      (float *)a->grad);
+    }
+    if (a->d64) {
+        const double *x = a->emb, *w = a->w;
+        if (phase == PH_TARGET)
+            return amm_shard_head_target_f64(p, x, w, a->n, a->d, a->c_local, a->class_start,
+                                             a->c_total, a->labels, a->target_cos);
+        if (phase == PH_STATS)
+            return amm_shard_head_statistics_f64(p, x, w, a->n, a->d, a->c_local,
+                                                 a->class_start, a->c_total, a->labels,
+                                                 a->target_cos, a->row_max, a->row_sum);
+        return amm_shard_head_gradient_f64(p, x, w, a->n, a->d, a->c_local, a->class_start,
+                                           a->c_total, a->labels, a->target_cos, a->global_max,
+                                           a->global_sum, (double *)a->loss, (double *)a->grad,
+                                           (double *)a->gw);
+    }
+    const float *x = a->emb, *w = a->w;
+    if (phase == PH_TARGET)
+        return amm_shard_head_target_f32(p, x, w, a->n, a->d, a->c_local, a->class_start,
+                                         a->c_total, a->labels, a->target_cos);
+    if (phase == PH_STATS)
+        return amm_shard_head_statistics_f32(p, x, w, a->n, a->d, a->c_local, a->class_start,
+                                             a->c_total, a->labels, a->target_cos, a->row_max,
+                                             a->row_sum);
+    return amm_shard_head_gradient_f32(p, x, w, a->n, a->d, a->c_local, a->class_start,
+                                       a->c_total, a->labels, a->target_cos, a->global_max,
+                                       a->global_sum, (float *)a->loss, (float *)a->grad,
+                                       (float *)a->gw);
+}
+
+static const char *shard_name(int phase, const shard_args *a)
+{
+    return shard_fn_name[a->head][phase][a->d64];
+}
+
+/* A copy of `bytes` bytes at `src` (NULL when there is nothing to copy). */
+static void *copy_of(const void *src, size_t bytes)
+{
+    if (src == NULL || bytes == 0)
+        return NULL;
+    void *dst = malloc(bytes);
+    memcpy(dst, src, bytes);
+    return dst;
+}
+
+static int same_bytes(const void *copy, const void *now, size_t bytes)
+{
+    return copy == NULL || memcmp(copy, now, bytes) == 0;
+}
+
+/* Calls a phase and checks that it wrote none of its inputs: params (every byte), cos or the
+   embeddings and weights, labels, and what the phase reads of target_cos, global_max,
+   global_sum and grad_loss. */
+static int shard_run(int phase, const shard_args *a, int line)
+{
+    const size_t es = a->d64 ? sizeof(double) : sizeof(float);
+    const int sane = a->n >= 0 && a->n <= 4096 && a->c_local >= 0 && a->c_local <= 4096 &&
+                     a->d >= 0 && a->d <= 4096;
+    const size_t n = sane ? (size_t)a->n : 0, cl = sane ? (size_t)a->c_local : 0;
+    const size_t d = sane ? (size_t)a->d : 0;
+    size_t ngl = 0;
+    if (a->p != NULL)
+        ngl = a->p->reduction == AMM_REDUCTION_NONE ? n : 1;
+    void *p_copy = copy_of(a->p, sizeof(amm_params));
+    void *cos_copy = a->head ? NULL : copy_of(a->cos, n * cl * es);
+    void *x_copy = a->head ? copy_of(a->emb, n * d * es) : NULL;
+    void *w_copy = a->head ? copy_of(a->w, cl * d * es) : NULL;
+    void *l_copy = copy_of(a->labels, n * sizeof(int64_t));
+    void *t_copy = phase != PH_TARGET ? copy_of(a->target_cos, n * sizeof(double)) : NULL;
+    void *gm_copy = phase == PH_GRAD ? copy_of(a->global_max, n * sizeof(double)) : NULL;
+    void *gs_copy = phase == PH_GRAD ? copy_of(a->global_sum, n * sizeof(double)) : NULL;
+    void *gl_copy = phase == PH_GRAD && !a->head ? copy_of(a->grad_loss, ngl * es) : NULL;
+
+    int status = shard_dispatch(phase, a);
+
+    int unchanged = same_bytes(p_copy, a->p, sizeof(amm_params)) &&
+                    same_bytes(cos_copy, a->cos, n * cl * es) &&
+                    same_bytes(x_copy, a->emb, n * d * es) &&
+                    same_bytes(w_copy, a->w, cl * d * es) &&
+                    same_bytes(l_copy, a->labels, n * sizeof(int64_t)) &&
+                    same_bytes(t_copy, a->target_cos, n * sizeof(double)) &&
+                    same_bytes(gm_copy, a->global_max, n * sizeof(double)) &&
+                    same_bytes(gs_copy, a->global_sum, n * sizeof(double)) &&
+                    same_bytes(gl_copy, a->grad_loss, ngl * es);
+    check(unchanged, line, "%s wrote one of its inputs", shard_name(phase, a));
+    free(p_copy); free(cos_copy); free(x_copy); free(w_copy); free(l_copy); free(t_copy);
+    free(gm_copy); free(gs_copy); free(gl_copy);
+    return status;
+}
+
+static void shard_expect(int line, int phase, const shard_args *a, int want, const char *word,
+                         const char *text)
+{
+    expect_status(line, shard_name(phase, a), shard_run(phase, a, line), want, word, text);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* A sharded problem: the full inputs (cosines n x c, or embeddings n x d and weights c x d, in
+   both precisions, the f64 values equal to the f32 ones) and a tiling of [0, c) into shards. */
+#define MAX_SHARDS 8
+typedef struct {
+    int head, d64;
+    int64_t n, d, c;
+    const void *cos;             /* n x c (cosine logits) */
+    const void *emb, *w;         /* n x d, c x d (head) */
+    const int64_t *labels;
+    int shards;
+    int64_t start[MAX_SHARDS], count[MAX_SHARDS];
+} sharded;
+
+/* PartialFC's split of c classes over P shards, as the header states it. */
+static void partialfc(sharded *s, int P)
+{
+    s->shards = P;
+    for (int r = 0; r < P; ++r) {
+        s->count[r] = s->c / P + (r < s->c % P ? 1 : 0);
+        s->start[r] = r * (s->c / P) + (r < s->c % P ? r : s->c % P);
+    }
+}
+
+/* The outputs of a simulated sharded call: the loss of shard 0 (and whether every shard's was
+   the same, bit for bit), the gradient assembled over the shards (n x c for cosine logits; for
+   the head, grad_embeddings summed over the shards in rank order and grad_weights c x d), and
+   the hard-negative counts summed over the shards. */
+typedef struct {
+    double loss[64];
+    int loss_same;
+    double *grad;    /* n x c or n x d */
+    double *gw;      /* c x d (head) */
+    int64_t counts[64];
+    int status;      /* the first failure, AMM_OK if none */
+} sharded_result;
+
+static double elem(const void *v, int d64, size_t k)
+{
+    return d64 ? ((const double *)v)[k] : (double)((const float *)v)[k];
+}
+
+/* Runs the protocol over the shards of s with parameters *p (p->hard_negatives is ignored:
+   the counts are asked for in phase 2 and summed), the collectives done by loops: A sums
+   target_cos; B takes the max of row_max; each shard's row_sum is rescaled with
+   amm_shard_rescale_sums, then C sums them; D sums the counts; E sums grad_embeddings. For
+   cosine logits, grad_loss (NULL: 1) is the upstream gradient of phase 3. n <= 64. */
+static void simulate(const sharded *s, const amm_params *p, const void *grad_loss,
+                     sharded_result *out, int line)
+{
+    const int64_t n = s->n, d = s->d, c = s->c;
+    const int d64 = s->d64;
+    const size_t es = d64 ? sizeof(double) : sizeof(float);
+    const int64_t nl = p->reduction == AMM_REDUCTION_NONE ? n : 1;
+    double target[64] = {0}, gmax[64], gsum[64] = {0};
+    double tpart[MAX_SHARDS][64], rmax[MAX_SHARDS][64], rsum[MAX_SHARDS][64];
+    int64_t cpart[MAX_SHARDS][64];
+    void *cos_part[MAX_SHARDS] = {0};
+    out->status = AMM_OK;
+    out->loss_same = 1;
+    out->grad = alloc_zero((size_t)(n * (s->head ? d : c)), sizeof(double));
+    out->gw = s->head ? alloc_zero((size_t)(c * d), sizeof(double)) : NULL;
+    memset(out->counts, 0, sizeof out->counts);
+
+    amm_params counted = *p, plain = *p;
+    plain.hard_negatives = NULL;
+    shard_args a[MAX_SHARDS];
+    for (int r = 0; r < s->shards; ++r) {
+        const int64_t cl = s->count[r], start = s->start[r];
+        memset(&a[r], 0, sizeof a[r]);
+        a[r].p = &plain;
+        a[r].head = s->head;
+        a[r].d64 = d64;
+        a[r].n = n;
+        a[r].d = d;
+        a[r].c_local = cl;
+        a[r].class_start = start;
+        a[r].c_total = c;
+        a[r].labels = s->labels;
+        if (s->head) {
+            a[r].emb = s->emb;
+            a[r].w = (const char *)s->w + (size_t)(start * d) * es;
+        } else { /* this shard's columns, as a dense n x c_local matrix */
+            cos_part[r] = alloc_zero((size_t)(n * cl), es);
+            for (int64_t i = 0; i < n; ++i)
+                memcpy((char *)cos_part[r] + (size_t)(i * cl) * es,
+                       (const char *)s->cos + (size_t)(i * c + start) * es, (size_t)cl * es);
+            a[r].cos = cos_part[r];
+        }
+    }
+    /* Phase 1 and A. */
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r) {
+        a[r].target_cos = tpart[r];
+        out->status = shard_run(PH_TARGET, &a[r], line);
+    }
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r)
+        for (int64_t i = 0; i < n; ++i)
+            target[i] += tpart[r][i];
+    /* Phase 2, B, the rescale, C and D. */
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r) {
+        a[r].target_cos = target;
+        a[r].row_max = rmax[r];
+        a[r].row_sum = rsum[r];
+        counted.hard_negatives = cpart[r];
+        a[r].p = &counted;
+        out->status = shard_run(PH_STATS, &a[r], line);
+        a[r].p = &plain;
+    }
+    for (int64_t i = 0; i < n && out->status == AMM_OK; ++i) {
+        gmax[i] = -INFINITY;
+        for (int r = 0; r < s->shards; ++r)
+            gmax[i] = rmax[r][i] > gmax[i] ? rmax[r][i] : gmax[i];
+    }
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r)
+        out->status = amm_shard_rescale_sums(n, rmax[r], gmax, rsum[r]);
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r)
+        for (int64_t i = 0; i < n; ++i) {
+            gsum[i] += rsum[r][i];
+            out->counts[i] += cpart[r][i];
+        }
+    /* Phase 3 and E. */
+    for (int r = 0; r < s->shards && out->status == AMM_OK; ++r) {
+        const int64_t cl = s->count[r], start = s->start[r];
+        void *loss = alloc_zero((size_t)n, es);
+        void *grad = alloc_zero((size_t)(n * (s->head ? d : cl)), es);
+        void *gw = s->head ? alloc_zero((size_t)(cl * d), es) : NULL;
+        a[r].global_max = gmax;
+        a[r].global_sum = gsum;
+        a[r].grad_loss = grad_loss;
+        a[r].loss = loss;
+        a[r].grad = grad;
+        a[r].gw = gw;
+        out->status = shard_run(PH_GRAD, &a[r], line);
+        if (out->status == AMM_OK) {
+            for (int64_t k = 0; k < nl; ++k) {
+                if (r == 0)
+                    out->loss[k] = elem(loss, d64, (size_t)k);
+                else if (memcmp(&out->loss[k], &(double){elem(loss, d64, (size_t)k)},
+                                sizeof(double)) != 0)
+                    out->loss_same = 0;
+            }
+            if (s->head) {
+                for (int64_t k = 0; k < n * d; ++k)
+                    out->grad[k] += elem(grad, d64, (size_t)k);
+                for (int64_t k = 0; k < cl * d; ++k)
+                    out->gw[start * d + k] = elem(gw, d64, (size_t)k);
+            } else {
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t j = 0; j < cl; ++j)
+                        out->grad[i * c + start + j] = elem(grad, d64, (size_t)(i * cl + j));
+            }
+        }
+        free(loss); free(grad); free(gw);
+    }
+    for (int r = 0; r < s->shards; ++r)
+        free(cos_part[r]);
+    check(out->status == AMM_OK, line, "simulated sharded call (%s, %d shards): %s: %s",
+          shard_fn_name[s->head][0][d64], s->shards, amm_status_name(out->status),
+          amm_last_error());
+}
+
+static void sharded_result_free(sharded_result *r)
+{
+    free(r->grad);
+    free(r->gw);
+}
+
+/* The largest |got - want| / (the largest |want| of its row), over rows x cols values (the
+   entries that cancel to nearly zero are not divided by themselves); a NaN is infinite. */
+static double row_relative_error(const double *got, const double *want, int64_t rows,
+                                 int64_t cols)
+{
+    double worst = 0.0;
+    for (int64_t i = 0; i < rows; ++i) {
+        double scale = max_abs(want + i * cols, (size_t)cols);
+        for (int64_t k = 0; k < cols; ++k) {
+            double diff = fabs(got[i * cols + k] - want[i * cols + k]);
+            double e = scale > 0.0 ? diff / scale : diff;
+            if (!(e <= worst))
+                worst = isnan(e) ? INFINITY : e;
+        }
+    }
+    return worst;
+}
+
+/* The unsharded result of the same problem, in double: amm_forward_backward_f64 (or, with an
+   upstream gradient, amm_forward_f64 and amm_backward_f64) or amm_head_forward_backward_f64,
+   with the counts. */
+typedef struct {
+    double loss[64];
+    double *grad, *gw;
+    int64_t counts[64];
+} unsharded_result;
+
+static void unsharded(const sharded *s, const amm_params *p, const void *grad_loss,
+                      unsharded_result *out, int line)
+{
+    const int64_t n = s->n, d = s->d, c = s->c;
+    const size_t ng = (size_t)(n * (s->head ? d : c));
+    amm_params q = *p;
+    q.hard_negatives = out->counts;
+    out->grad = alloc_zero(ng, sizeof(double));
+    out->gw = s->head ? alloc_zero((size_t)(c * d), sizeof(double)) : NULL;
+    int st;
+    if (s->d64) {
+        if (s->head)
+            st = amm_head_forward_backward_f64(&q, s->emb, s->w, n, d, c, s->labels, out->loss,
+                                               out->grad, out->gw);
+        else if (grad_loss == NULL)
+            st = amm_forward_backward_f64(&q, s->cos, n, c, s->labels, out->loss, out->grad);
+        else {
+            st = amm_forward_f64(&q, s->cos, n, c, s->labels, out->loss);
+            if (st == AMM_OK)
+                st = amm_backward_f64(&q, s->cos, n, c, s->labels, grad_loss, out->grad);
+        }
+    } else {
+        float loss[64];
+        float *grad = alloc_zero(ng, sizeof(float));
+        float *gw = s->head ? alloc_zero((size_t)(c * d), sizeof(float)) : NULL;
+        if (s->head)
+            st = amm_head_forward_backward_f32(&q, s->emb, s->w, n, d, c, s->labels, loss, grad,
+                                               gw);
+        else if (grad_loss == NULL)
+            st = amm_forward_backward_f32(&q, s->cos, n, c, s->labels, loss, grad);
+        else {
+            st = amm_forward_f32(&q, s->cos, n, c, s->labels, loss);
+            if (st == AMM_OK)
+                st = amm_backward_f32(&q, s->cos, n, c, s->labels, grad_loss, grad);
+        }
+        for (int64_t k = 0; k < n; ++k)
+            out->loss[k] = loss[k];
+        for (size_t k = 0; k < ng; ++k)
+            out->grad[k] = grad[k];
+        for (int64_t k = 0; s->head && k < c * d; ++k)
+            out->gw[k] = gw[k];
+        free(grad);
+        free(gw);
+    }
+    check(st == AMM_OK, line, "the unsharded call: %s: %s", amm_status_name(st),
+          amm_last_error());
+}
+
+static void unsharded_result_free(unsharded_result *r)
+{
+    free(r->grad);
+    free(r->gw);
+}
+
+/* The tolerance of the comparisons with the unsharded result, relative to the largest value of
+   each row: f64 1e-12; f32 1e-5 on cosine logits, and 1e-4 for the head, whose products and
+   embedding gradients are sums in single precision, formed shard by shard. */
+static double shard_tol(const sharded *s)
+{
+    return s->d64 ? 1e-12 : s->head ? 1e-4 : 1e-5;
+}
+
+/* Largest errors seen against the unsharded results (f64), printed at the end of the section. */
+static double shard_err_cos, shard_err_head;
+
+/* Simulates s and compares with the unsharded call: the counts exactly, every shard's loss
+   identical; with exact, every bit of the loss and gradients, else each value within `tol` of
+   the unsharded one, relative to the largest magnitude of its row. Returns the largest such
+   error. */
+static double compare_sharded(const sharded *s, const amm_params *p, const void *grad_loss,
+                              int exact, double tol, const char *what, int line)
+{
+    const int64_t n = s->n, d = s->d, c = s->c;
+    const int64_t nl = p->reduction == AMM_REDUCTION_NONE ? n : 1;
+    const int64_t gcols = s->head ? d : c;
+    sharded_result got;
+    unsharded_result want;
+    simulate(s, p, grad_loss, &got, line);
+    unsharded(s, p, grad_loss, &want, line);
+    double err = INFINITY;
+    const char *kind = s->head ? "head" : "cosine logits";
+    const char *prec = s->d64 ? "f64" : "f32";
+    if (got.status == AMM_OK) {
+        check(got.loss_same, line, "%s %s, %s: the shards' losses differ", kind, prec, what);
+        check(memcmp(got.counts, want.counts, (size_t)n * sizeof(int64_t)) == 0, line,
+              "%s %s, %s: the summed hard-negative counts differ from the unsharded ones",
+              kind, prec, what);
+        double e_loss = row_relative_error(got.loss, want.loss, 1, nl);
+        double e_grad = row_relative_error(got.grad, want.grad, n, gcols);
+        double e_gw = s->head ? row_relative_error(got.gw, want.gw, c, d) : 0.0;
+        err = fmax(e_loss, fmax(e_grad, e_gw));
+        if (exact) {
+            int same = memcmp(got.loss, want.loss, (size_t)nl * sizeof(double)) == 0 &&
+                       memcmp(got.grad, want.grad, (size_t)(n * gcols) * sizeof(double)) == 0 &&
+                       (!s->head || memcmp(got.gw, want.gw,
+                                           (size_t)(c * d) * sizeof(double)) == 0);
+            check(same, line, "%s %s, %s: not bit for bit the unsharded result (largest "
+                  "relative differences: loss %.3g, %s %.3g, grad_weights %.3g)", kind, prec,
+                  what, e_loss, s->head ? "grad_embeddings" : "grad_cos", e_grad, e_gw);
+        } else {
+            check(err <= tol, line, "%s %s, %s: relative differences from the unsharded result "
+                  "loss %.3g, %s %.3g, grad_weights %.3g (tolerance %.0e)", kind, prec, what,
+                  e_loss, s->head ? "grad_embeddings" : "grad_cos", e_grad, e_gw, tol);
+        }
+        if (s->d64) {
+            double *worst = s->head ? &shard_err_head : &shard_err_cos;
+            *worst = fmax(*worst, err);
+        }
+    }
+    sharded_result_free(&got);
+    unsharded_result_free(&want);
+    return err;
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* The validation of every phase, on the small fixture (5 rows, 7 classes; row 3 ignored) with
+   the shard [2, 5): rows 0 (class 3) and 4 (class 2) have their target in it. */
+static void test_shard_validation(void)
+{
+    static const char *const names[] = {"params", "cos", "embeddings", "weights", "labels",
+                                        "target_cos", "row_max", "row_sum", "global_max",
+                                        "global_sum", "loss", "grad_cos", "grad_embeddings",
+                                        "grad_weights"};
+    head_problem h;
+    head_problem_init(&h, FN, 3, FC);
+    memcpy(h.labels, fx_labels, sizeof fx_labels);
+    const int64_t start = 2, cl = 3;
+    float cos32[FN * 3];
+    double cos64[FN * 3];
+    for (int i = 0; i < FN; ++i)
+        for (int j = 0; j < cl; ++j) {
+            cos32[i * cl + j] = fx_cos32[i * FC + start + j];
+            cos64[i * cl + j] = fx_cos64[i * FC + start + j];
+        }
+    amm_params p;
+    amm_params_init(&p);
+
+    for (int head = 0; head < 2; ++head)
+        for (int d64 = 0; d64 < 2; ++d64) {
+            /* Outputs, and valid inputs for phases 2 and 3: this shard's own statistics. */
+            double target[FN], rmax[FN], rsum[FN], gmax[FN], gsum[FN];
+            double loss64[FN], grad64[FN * FC];
+            float loss32[FN], grad32[FN * FC], gw32[FN * FC];
+            double gw64[FN * FC];
+            shard_args a;
+            memset(&a, 0, sizeof a);
+            a.p = &p;
+            a.head = head;
+            a.d64 = d64;
+            a.n = FN;
+            a.d = head ? 3 : 0;
+            a.c_local = cl;
+            a.class_start = start;
+            a.c_total = FC;
+            a.labels = fx_labels;
+            a.cos = head ? NULL : d64 ? (const void *)cos64 : (const void *)cos32;
+            a.emb = head ? (d64 ? (const void *)h.x64 : (const void *)h.x32) : NULL;
+            a.w = head ? (d64 ? (const void *)(h.w64 + start * 3)
+                              : (const void *)(h.w32 + start * 3)) : NULL;
+            a.target_cos = target;
+            a.row_max = rmax;
+            a.row_sum = rsum;
+            a.global_max = gmax;
+            a.global_sum = gsum;
+            a.grad_loss = NULL;
+            a.loss = d64 ? (void *)loss64 : (void *)loss32;
+            a.grad = d64 ? (void *)grad64 : (void *)grad32;
+            a.gw = head ? (d64 ? (void *)gw64 : (void *)gw32) : NULL;
+
+            section = "shard: valid call";
+            shard_expect(__LINE__, PH_TARGET, &a, AMM_OK, NULL, NULL);
+            CHECK(target[1] == 0.0 && target[2] == 0.0 && target[3] == 0.0 && target[0] != 0.0,
+                  "%s: target_cos of rows without their target in the shard (or ignored) must "
+                  "be 0: {%g, %g, %g, %g, %g}", shard_name(PH_TARGET, &a), target[0], target[1],
+                  target[2], target[3], target[4]);
+            if (!head)
+                CHECK(target[0] == elem(a.cos, d64, 0 * cl + 1) &&
+                          target[4] == elem(a.cos, d64, 4 * cl + 0),
+                      "%s: target_cos[0] = %.17g, [4] = %.17g: not the target's cosines",
+                      shard_name(PH_TARGET, &a), target[0], target[4]);
+            shard_expect(__LINE__, PH_STATS, &a, AMM_OK, NULL, NULL);
+            CHECK(rmax[3] == -INFINITY && rsum[3] == 0.0,
+                  "%s: the ignored row gives row_max %g, row_sum %g, expected -inf and 0",
+                  shard_name(PH_STATS, &a), rmax[3], rsum[3]);
+            memcpy(gmax, rmax, sizeof gmax);
+            memcpy(gsum, rsum, sizeof gsum);
+            shard_expect(__LINE__, PH_GRAD, &a, AMM_OK, NULL, NULL);
+
+            for (int phase = PH_TARGET; phase <= PH_GRAD; ++phase) {
+                section = "shard: null pointers";
+                for (size_t k = 0; k < sizeof names / sizeof names[0]; ++k) {
+                    shard_args b = a;
+                    const char *name = names[k];
+                    int used = 1;
+                    if (!strcmp(name, "params")) b.p = NULL;
+                    else if (!strcmp(name, "cos")) { used = !head; b.cos = NULL; }
+                    else if (!strcmp(name, "embeddings")) { used = head; b.emb = NULL; }
+                    else if (!strcmp(name, "weights")) { used = head; b.w = NULL; }
+                    else if (!strcmp(name, "labels")) b.labels = NULL;
+                    else if (!strcmp(name, "target_cos")) b.target_cos = NULL;
+                    else if (!strcmp(name, "row_max")) { used = phase == PH_STATS; b.row_max = NULL; }
+                    else if (!strcmp(name, "row_sum")) { used = phase == PH_STATS; b.row_sum = NULL; }
+                    else if (!strcmp(name, "global_max")) { used = phase == PH_GRAD; b.global_max = NULL; }
+                    else if (!strcmp(name, "global_sum")) { used = phase == PH_GRAD; b.global_sum = NULL; }
+                    else if (!strcmp(name, "loss")) { used = phase == PH_GRAD && head; b.loss = NULL; }
+                    else if (!strcmp(name, "grad_cos")) { used = phase == PH_GRAD && !head; b.grad = NULL; }
+                    else if (!strcmp(name, "grad_embeddings")) { used = phase == PH_GRAD && head; b.grad = NULL; }
+                    else if (!strcmp(name, "grad_weights")) { used = phase == PH_GRAD && head; b.gw = NULL; }
+                    if (used)
+                        shard_expect(__LINE__, phase, &b, AMM_ERR_NULL_POINTER, name, NULL);
+                }
+                /* The loss of the gradient phase on cosine logits is optional. */
+                if (phase == PH_GRAD && !head) {
+                    shard_args b = a;
+                    b.loss = NULL;
+                    shard_expect(__LINE__, phase, &b, AMM_OK, NULL, NULL);
+                }
+
+                section = "shard: shape";
+                shard_args b = a;
+                b.c_total = 0;
+                b.c_local = 0;
+                b.class_start = 0;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "c_total", "c_total = 0");
+                b = a;
+                b.c_total = -3;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "c_total", "c_total = -3");
+                b = a;
+                b.c_local = -1;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "c_local", "c_local = -1");
+                b = a;
+                b.c_local = FC + 1;
+                b.class_start = 0;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "c_local", "c_local = 8");
+                b = a;
+                b.class_start = -1;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "class_start",
+                             "class_start = -1");
+                b = a;
+                b.class_start = FC - cl + 1; /* [5, 8) passes c_total = 7 */
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "class_start",
+                             "class_start = 5");
+                b = a;
+                b.class_start = FC - cl; /* [4, 7): the last shard, valid */
+                shard_expect(__LINE__, phase, &b, AMM_OK, NULL, NULL);
+                b = a;
+                b.n = -1;
+                shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "n", "-1");
+                if (head) {
+                    b = a;
+                    b.d = 0;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "d", NULL);
+                }
+
+                section = "shard: labels";
+                {
+                    const int64_t bad_total[FN] = {3, 0, FC, -100, 2};
+                    const int64_t bad_neg[FN] = {3, 0, 6, -100, -1};
+                    const int64_t outside[FN] = {3, 0, 6, -100, 5}; /* valid, not in [2, 5) */
+                    b = a;
+                    b.labels = bad_total;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_LABEL, NULL, "labels[2] = 7");
+                    b.labels = bad_neg;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_LABEL, NULL, "labels[4] = -1");
+                    b.labels = outside;
+                    shard_expect(__LINE__, phase, &b, AMM_OK, NULL, NULL);
+                }
+
+                section = "shard: validation order";
+                {
+                    const int64_t bad_labels[FN] = {3, 0, 9, -100, 2};
+                    amm_params pb;
+                    amm_params_init(&pb);
+                    pb.scale = -1.0;
+                    b = a;
+                    b.p = &pb;
+                    b.c_total = 0;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_PARAM, "scale", NULL);
+                    b = a;
+                    b.c_local = -1;
+                    b.labels = NULL;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_SHAPE, "c_local", NULL);
+                    b = a;
+                    b.labels = bad_labels;
+                    b.target_cos = NULL;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_NULL_POINTER, "target_cos", NULL);
+                    if (phase != PH_TARGET) {
+                        double tbad[FN];
+                        memcpy(tbad, target, sizeof tbad);
+                        tbad[0] = NAN;
+                        b = a;
+                        b.labels = bad_labels;
+                        b.target_cos = tbad;
+                        shard_expect(__LINE__, phase, &b, AMM_ERR_LABEL, NULL, "labels[2] = 9");
+                    }
+                }
+            }
+
+            /* n == 0: every array of n values may be NULL (and loss, for reduction none);
+               the weights and grad_weights still hold c_local x d values, and the loss of
+               mean and sum one value, 0. */
+            section = "shard: n == 0";
+            for (int r = 0; r < 3; ++r)
+                for (int phase = PH_TARGET; phase <= PH_GRAD; ++phase) {
+                    amm_params pr;
+                    amm_params_init(&pr);
+                    pr.reduction = r;
+                    shard_args b = a;
+                    b.p = &pr;
+                    b.n = 0;
+                    b.cos = NULL;
+                    b.emb = NULL;
+                    b.labels = NULL;
+                    b.target_cos = NULL;
+                    b.row_max = NULL;
+                    b.row_sum = NULL;
+                    b.global_max = NULL;
+                    b.global_sum = NULL;
+                    b.grad = NULL;
+                    if (r == AMM_REDUCTION_NONE)
+                        b.loss = NULL;
+                    loss64[0] = 123.0;
+                    loss32[0] = 123.0f;
+                    for (int k = 0; k < 9; ++k) {
+                        gw64[k] = 5.0;
+                        gw32[k] = 5.0f;
+                    }
+                    shard_expect(__LINE__, phase, &b, AMM_OK, NULL, NULL);
+                    if (phase != PH_GRAD)
+                        continue;
+                    if (r != AMM_REDUCTION_NONE)
+                        CHECK(d64 ? loss64[0] == 0.0 : loss32[0] == 0.0f,
+                              "%s: the loss of an empty batch (reduction %d) is %g, expected 0",
+                              shard_name(phase, &b), r, d64 ? loss64[0] : (double)loss32[0]);
+                    if (head) {
+                        int zero = 1;
+                        for (int k = 0; k < 9; ++k)
+                            zero &= d64 ? gw64[k] == 0.0 : gw32[k] == 0.0f;
+                        CHECK(zero, "%s reduction %d: grad_weights of an empty batch is not all "
+                              "zero", shard_name(phase, &b), r);
+                        if (r != AMM_REDUCTION_NONE) {
+                            b.loss = NULL;
+                            shard_expect(__LINE__, phase, &b, AMM_ERR_NULL_POINTER, "loss",
+                                         NULL);
+                        }
+                    }
+                }
+
+            section = "shard: nonfinite target_cos";
+            for (int phase = PH_STATS; phase <= PH_GRAD; ++phase) {
+                const double values[] = {NAN, INFINITY, -INFINITY};
+                const char *const texts[] = {"target_cos[4] = nan", "target_cos[4] = inf",
+                                             "target_cos[4] = -inf"};
+                for (int k = 0; k < 3; ++k) {
+                    double tbad[FN];
+                    memcpy(tbad, target, sizeof tbad);
+                    tbad[4] = values[k];
+                    shard_args b = a;
+                    b.target_cos = tbad;
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_NONFINITE, "target_cos",
+                                 texts[k]);
+                    /* the ignored row's target cosine is not read */
+                    memcpy(tbad, target, sizeof tbad);
+                    tbad[3] = values[k];
+                    shard_expect(__LINE__, phase, &b, AMM_OK, NULL, NULL);
+                }
+            }
+
+            section = "shard: invalid global statistics";
+            {
+                struct {
+                    int sum;
+                    double value;
+                    int want;
+                    const char *text;
+                } cases[] = {{0, NAN, AMM_ERR_NONFINITE, "global_max[1] = nan"},
+                             {0, INFINITY, AMM_ERR_NONFINITE, "global_max[1] = inf"},
+                             {1, NAN, AMM_ERR_NONFINITE, "global_sum[1] = nan"},
+                             {1, INFINITY, AMM_ERR_NONFINITE, "global_sum[1] = inf"},
+                             {1, -INFINITY, AMM_ERR_NONFINITE, "global_sum[1] = -inf"},
+                             {1, -1.0, AMM_ERR_PARAM, "global_sum[1] = -1"}};
+                for (size_t k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
+                    double mbad[FN], sbad[FN];
+                    memcpy(mbad, gmax, sizeof mbad);
+                    memcpy(sbad, gsum, sizeof sbad);
+                    (cases[k].sum ? sbad : mbad)[1] = cases[k].value;
+                    shard_args b = a;
+                    b.global_max = mbad;
+                    b.global_sum = sbad;
+                    shard_expect(__LINE__, PH_GRAD, &b, cases[k].want,
+                                 cases[k].sum ? "global_sum" : "global_max", cases[k].text);
+                    /* an ignored row's statistics are not read */
+                    memcpy(mbad, gmax, sizeof mbad);
+                    memcpy(sbad, gsum, sizeof sbad);
+                    (cases[k].sum ? sbad : mbad)[3] = cases[k].value;
+                    shard_expect(__LINE__, PH_GRAD, &b, AMM_OK, NULL, NULL);
+                }
+            }
+
+            section = "shard: nonfinite inputs";
+            if (!head) {
+                /* cos[0, 1] is row 0's target (class 3); cos[1, 2] a negative of row 1 */
+                float c32[FN * 3];
+                double c64[FN * 3];
+                memcpy(c32, cos32, sizeof c32);
+                memcpy(c64, cos64, sizeof c64);
+                c32[0 * 3 + 1] = NAN;
+                c64[0 * 3 + 1] = NAN;
+                shard_args b = a;
+                b.cos = d64 ? (const void *)c64 : (const void *)c32;
+                shard_expect(__LINE__, PH_TARGET, &b, AMM_ERR_NONFINITE, NULL, "cos[0, 1] = nan");
+                memcpy(c32, cos32, sizeof c32);
+                memcpy(c64, cos64, sizeof c64);
+                c32[1 * 3 + 2] = INFINITY;
+                c64[1 * 3 + 2] = INFINITY;
+                c32[3 * 3 + 0] = NAN; /* the ignored row: not an error */
+                c64[3 * 3 + 0] = NAN;
+                shard_expect(__LINE__, PH_STATS, &b, AMM_ERR_NONFINITE, NULL, "cos[1, 2] = inf");
+                /* grad_loss of phase 3 */
+                amm_params pn;
+                amm_params_init(&pn);
+                pn.reduction = AMM_REDUCTION_NONE;
+                double gl64[FN] = {1, 1, NAN, 1, 1};
+                float gl32[FN] = {1, 1, NAN, 1, 1};
+                b = a;
+                b.p = &pn;
+                b.grad_loss = d64 ? (const void *)gl64 : (const void *)gl32;
+                shard_expect(__LINE__, PH_GRAD, &b, AMM_ERR_NONFINITE, "grad_loss", "nan");
+            } else {
+                /* weights[1, 2] of the shard is class 3's */
+                double w64[3 * 3];
+                float w32[3 * 3];
+                memcpy(w64, h.w64 + start * 3, sizeof w64);
+                memcpy(w32, h.w32 + start * 3, sizeof w32);
+                w64[1 * 3 + 2] = NAN;
+                w32[1 * 3 + 2] = NAN;
+                shard_args b = a;
+                b.w = d64 ? (const void *)w64 : (const void *)w32;
+                for (int phase = PH_TARGET; phase <= PH_GRAD; ++phase)
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_NONFINITE, NULL,
+                                 "weights[1, 2] = nan");
+                double x64[FN * 3];
+                float x32[FN * 3];
+                memcpy(x64, h.x64, sizeof x64);
+                memcpy(x32, h.x32, sizeof x32);
+                x64[1 * 3 + 0] = INFINITY;  /* row 1: target outside the shard, still checked */
+                x32[1 * 3 + 0] = INFINITY;
+                b = a;
+                b.emb = d64 ? (const void *)x64 : (const void *)x32;
+                for (int phase = PH_TARGET; phase <= PH_GRAD; ++phase)
+                    shard_expect(__LINE__, phase, &b, AMM_ERR_NONFINITE, NULL,
+                                 "embeddings[1, 0] = inf");
+            }
+        }
+    head_problem_free(&h);
+}
+
+/* amm_shard_rescale_sums: row_sum[i] *= exp(row_max[i] - global_max[i]), 0 where row_max[i]
+   is -inf; its own validation. */
+static void test_shard_rescale(void)
+{
+    section = "shard: rescale_sums";
+    const double row_max[5] = {3.0, -INFINITY, -2.5, -INFINITY, 10.0};
+    const double global_max[5] = {5.0, 4.0, -2.5, -INFINITY, 10.0};
+    double row_sum[5] = {2.0, 7.0, 1.5, 3.0, 0.25};
+    const double rm_copy[5] = {3.0, -INFINITY, -2.5, -INFINITY, 10.0};
+    const double gm_copy[5] = {5.0, 4.0, -2.5, -INFINITY, 10.0};
+    int st = amm_shard_rescale_sums(5, row_max, global_max, row_sum);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_OK, NULL, NULL);
+    CHECK(close_to(row_sum[0], 2.0 * exp(-2.0), 1e-15, 0.0),
+          "row_sum[0] = %.17g, expected 2 exp(3 - 5) = %.17g", row_sum[0], 2.0 * exp(-2.0));
+    CHECK(row_sum[1] == 0.0, "row_max -inf: row_sum[1] = %g, expected 0", row_sum[1]);
+    CHECK(row_sum[2] == 1.5 && row_sum[4] == 0.25,
+          "row_max == global_max: row_sum unchanged, got %.17g and %.17g", row_sum[2],
+          row_sum[4]);
+    CHECK(row_sum[3] == 0.0, "row_max and global_max both -inf: row_sum[3] = %g, expected 0 "
+          "(not NaN)", row_sum[3]);
+    CHECK(memcmp(row_max, rm_copy, sizeof rm_copy) == 0 &&
+              memcmp(global_max, gm_copy, sizeof gm_copy) == 0,
+          "amm_shard_rescale_sums wrote row_max or global_max");
+
+    /* n == 0: every array may be NULL. n < 0, NULL arrays: refused. */
+    st = amm_shard_rescale_sums(0, NULL, NULL, NULL);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_OK, NULL, NULL);
+    double s1[1] = {1.0};
+    const double m1[1] = {0.0};
+    st = amm_shard_rescale_sums(-1, m1, m1, s1);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_ERR_SHAPE, "n", "n = -1");
+    st = amm_shard_rescale_sums(1, NULL, m1, s1);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_ERR_NULL_POINTER, "row_max", NULL);
+    st = amm_shard_rescale_sums(1, m1, NULL, s1);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_ERR_NULL_POINTER, "global_max",
+                  NULL);
+    st = amm_shard_rescale_sums(1, m1, m1, NULL);
+    expect_status(__LINE__, "amm_shard_rescale_sums", st, AMM_ERR_NULL_POINTER, "row_sum", NULL);
+    CHECK(s1[0] == 1.0, "a refused amm_shard_rescale_sums wrote row_sum[0] = %g", s1[0]);
+}
+
+/* The problems of the equality checks: big_cos (37 x 501, ignored rows, cosines beyond
+   [-1, 1]) for cosine logits; a head problem of 23 rows, 16 dimensions and 301 classes. */
+static sharded cos_problem(int d64)
+{
+    sharded s;
+    memset(&s, 0, sizeof s);
+    s.d64 = d64;
+    s.n = BN;
+    s.c = BC;
+    s.cos = d64 ? (const void *)big_cos64 : (const void *)big_cos32;
+    s.labels = big_labels;
+    return s;
+}
+
+static sharded head_problem_sharded(const head_problem *h, int d64)
+{
+    sharded s;
+    memset(&s, 0, sizeof s);
+    s.head = 1;
+    s.d64 = d64;
+    s.n = h->n;
+    s.d = h->d;
+    s.c = h->c;
+    s.emb = d64 ? (const void *)h->x64 : (const void *)h->x32;
+    s.w = d64 ? (const void *)h->w64 : (const void *)h->w32;
+    s.labels = h->labels;
+    return s;
+}
+
+/* P = 1, one shard holding every class: the head's phases give the unsharded head's results
+   bit for bit (both precisions, automatic and explicit block sizes); on cosine logits, the
+   results agree with amm_forward_backward (f64 within 1e-12 relative, f32 within 1e-5), and
+   with an upstream gradient with amm_backward. */
+static void test_shard_one(void)
+{
+    section = "shard: P = 1, head";
+    head_problem h;
+    head_problem_init(&h, 23, 16, 301);
+    char what[96];
+    for (int k = 0; k < NVARIANTS; ++k)
+        for (int r = 0; r < 3; ++r)
+            for (int bs = 0; bs < 2; ++bs)
+                for (int d64 = 0; d64 < 2; ++d64) {
+                    amm_params p;
+                    variant(&p, k);
+                    p.reduction = r;
+                    p.head_block_size = bs ? 32 : 0;
+                    sharded s = head_problem_sharded(&h, d64);
+                    partialfc(&s, 1);
+                    snprintf(what, sizeof what, "variant %d, reduction %d, block size %d", k, r,
+                             (int)p.head_block_size);
+                    compare_sharded(&s, &p, NULL, 1, 0.0, what, __LINE__);
+                }
+    head_problem_free(&h);
+
+    section = "shard: P = 1, cosine logits";
+    for (int k = 0; k < NVARIANTS; ++k)
+        for (int r = 0; r < 3; ++r)
+            for (int d64 = 0; d64 < 2; ++d64) {
+                amm_params p;
+                variant(&p, k);
+                p.reduction = r;
+                sharded s = cos_problem(d64);
+                partialfc(&s, 1);
+                snprintf(what, sizeof what, "variant %d, reduction %d", k, r);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+                /* an upstream gradient */
+                double gl64[BN];
+                float gl32[BN];
+                for (int i = 0; i < BN; ++i) {
+                    gl64[i] = 0.25 + 0.5 * (i % 5) - 1.0 * (i % 3 == 0);
+                    gl32[i] = (float)gl64[i];
+                }
+                snprintf(what, sizeof what, "variant %d, reduction %d, grad_loss", k, r);
+                compare_sharded(&s, &p, d64 ? (const void *)gl64 : (const void *)gl32, 0,
+                                shard_tol(&s), what, __LINE__);
+            }
+}
+
+/* P = 3 (PartialFC's split) and other tilings, simulated in this process: equal to the
+   unsharded result within 1e-12 relative in f64 (f32: shard_tol), the counts exactly. */
+static void test_shard_three(void)
+{
+    section = "shard: P = 3";
+    head_problem h;
+    head_problem_init(&h, 23, 16, 301);
+    char what[96];
+    for (int k = 0; k < NVARIANTS; ++k)
+        for (int r = 0; r < 3; ++r)
+            for (int d64 = 0; d64 < 2; ++d64) {
+                amm_params p;
+                variant(&p, k);
+                p.reduction = r;
+                p.head_block_size = k % 2 ? 32 : 0;
+                snprintf(what, sizeof what, "P = 3, variant %d, reduction %d", k, r);
+                sharded s = head_problem_sharded(&h, d64);
+                partialfc(&s, 3);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+                s = cos_problem(d64);
+                partialfc(&s, 3);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+            }
+
+    section = "shard: other tilings";
+    {
+        /* uneven shards: one class, then most, then the rest; and 8 shards */
+        const int64_t starts[3] = {0, 1, 280}, counts[3] = {1, 279, 21};
+        for (int d64 = 0; d64 < 2; ++d64)
+            for (int k = 0; k < NVARIANTS; k += 2) {
+                amm_params p;
+                variant(&p, k);
+                sharded s = head_problem_sharded(&h, d64);
+                s.shards = 3;
+                memcpy(s.start, starts, sizeof starts);
+                memcpy(s.count, counts, sizeof counts);
+                snprintf(what, sizeof what, "shards {1, 279, 21}, variant %d", k);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+                s = head_problem_sharded(&h, d64);
+                partialfc(&s, 8);
+                snprintf(what, sizeof what, "P = 8, variant %d", k);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+                s = cos_problem(d64);
+                partialfc(&s, 8);
+                compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
+            }
+    }
+    head_problem_free(&h);
+}
+
+/* Shards without classes: around a shard holding every class they change nothing (their
+   contributions are 0.0, -inf and 0, exactly), so the head stays bit for bit the unsharded
+   one; their own phases accept NULL for the arrays of zero elements; more shards than classes;
+   and one class in all (the loss and gradients are 0). */
+static void test_shard_empty(void)
+{
+    section = "shard: zero classes";
+    head_problem h;
+    head_problem_init(&h, 23, 16, 301);
+    for (int d64 = 0; d64 < 2; ++d64)
+        for (int r = 0; r < 3; ++r) {
+            amm_params p;
+            variant(&p, 0);
+            p.reduction = r;
+            sharded s = head_problem_sharded(&h, d64);
+            s.shards = 3;
+            s.start[0] = 0, s.count[0] = 0;
+            s.start[1] = 0, s.count[1] = 301;
+            s.start[2] = 301, s.count[2] = 0;
+            compare_sharded(&s, &p, NULL, 1, 0.0, "shards {0, 301, 0}", __LINE__);
+            s = cos_problem(d64);
+            s.shards = 3;
+            s.start[0] = 0, s.count[0] = 0;
+            s.start[1] = 0, s.count[1] = BC;
+            s.start[2] = BC, s.count[2] = 0;
+            compare_sharded(&s, &p, NULL, 0, shard_tol(&s), "shards {0, 501, 0}",
+                            __LINE__);
+        }
+
+    /* The phases of an empty shard on their own: cos, weights and grad_weights may be NULL
+       (zero elements); the outputs are 0.0 / -inf / 0 and grad_embeddings is all zero. */
+    for (int head = 0; head < 2; ++head)
+        for (int d64 = 0; d64 < 2; ++d64) {
+            double target[23], rmax[23], rsum[23], gmax[23], gsum[23];
+            double loss64[1], gx64[23 * 16];
+            float loss32[1], gx32[23 * 16];
+            int64_t counts[23];
+            for (int i = 0; i < 23; ++i) {
+                target[i] = 7.0;
+                rmax[i] = 7.0;
+                rsum[i] = 7.0;
+                counts[i] = 7;
+                gmax[i] = 1.0;
+                gsum[i] = 2.0;
+            }
+            amm_params p;
+            amm_params_init(&p);
+            shard_args a;
+            memset(&a, 0, sizeof a);
+            a.p = &p;
+            a.head = head;
+            a.d64 = d64;
+            a.n = 23;
+            a.d = head ? 16 : 0;
+            a.c_local = 0;
+            a.class_start = 120;
+            a.c_total = 301;
+            a.labels = h.labels;
+            a.emb = head ? (d64 ? (const void *)h.x64 : (const void *)h.x32) : NULL;
+            a.target_cos = target;
+            a.row_max = rmax;
+            a.row_sum = rsum;
+            a.global_max = gmax;
+            a.global_sum = gsum;
+            a.loss = d64 ? (void *)loss64 : (void *)loss32;
+            a.grad = head ? (d64 ? (void *)gx64 : (void *)gx32) : NULL;
+            shard_expect(__LINE__, PH_TARGET, &a, AMM_OK, NULL, NULL);
+            int zero = 1;
+            for (int i = 0; i < 23; ++i)
+                zero &= target[i] == 0.0;
+            CHECK(zero, "%s, no class: target_cos is not all 0.0", shard_name(PH_TARGET, &a));
+            p.hard_negatives = counts;
+            shard_expect(__LINE__, PH_STATS, &a, AMM_OK, NULL, NULL);
+            p.hard_negatives = NULL;
+            int empty = 1;
+            for (int i = 0; i < 23; ++i)
+                empty &= rmax[i] == -INFINITY && rsum[i] == 0.0 && counts[i] == 0;
+            CHECK(empty, "%s, no class: row_max, row_sum, counts are not -inf, 0, 0",
+                  shard_name(PH_STATS, &a));
+            for (int i = 0; i < 23; ++i)
+                target[i] = 0.3;
+            for (int k = 0; k < 23 * 16; ++k) {
+                gx64[k] = 7.0;
+                gx32[k] = 7.0f;
+            }
+            shard_expect(__LINE__, PH_GRAD, &a, AMM_OK, NULL, NULL);
+            if (head) {
+                zero = 1;
+                for (int k = 0; k < 23 * 16; ++k)
+                    zero &= d64 ? gx64[k] == 0.0 : gx32[k] == 0.0f;
+                CHECK(zero, "%s, no class: grad_embeddings is not all zero",
+                      shard_name(PH_GRAD, &a));
+            }
+        }
+
+    /* More shards than classes: 8 shards of 5 classes, three of them empty. */
+    {
+        head_problem hs;
+        head_problem_init(&hs, 11, 6, 5);
+        for (int d64 = 0; d64 < 2; ++d64) {
+            amm_params p;
+            amm_params_init(&p);
+            sharded s = head_problem_sharded(&hs, d64);
+            partialfc(&s, 8);
+            compare_sharded(&s, &p, NULL, 0, shard_tol(&s), "5 classes on 8 shards",
+                            __LINE__);
+        }
+        head_problem_free(&hs);
+    }
+
+    /* One class in all, on two shards (the second empty): no negative anywhere, so
+       global_max is -inf and global_sum 0; the loss and the gradients are 0 as unsharded. */
+    section = "shard: one class";
+    {
+        head_problem h1;
+        head_problem_init(&h1, 6, 4, 1);
+        for (int i = 0; i < 6; ++i)
+            h1.labels[i] = i % 5 == 2 ? -100 : 0;
+        for (int d64 = 0; d64 < 2; ++d64) {
+            amm_params p;
+            amm_params_init(&p);
+            sharded s = head_problem_sharded(&h1, d64);
+            s.shards = 2;
+            s.start[0] = 0, s.count[0] = 1;
+            s.start[1] = 1, s.count[1] = 0;
+            sharded_result got;
+            simulate(&s, &p, NULL, &got, __LINE__);
+            if (got.status == AMM_OK) {
+                CHECK(got.loss[0] == 0.0 && max_abs(got.grad, 6 * 4) == 0.0 &&
+                          max_abs(got.gw, 4) == 0.0,
+                      "%s, one class: loss %g, largest gradients %g, %g; expected 0",
+                      d64 ? "f64" : "f32", got.loss[0], max_abs(got.grad, 24),
+                      max_abs(got.gw, 4));
+            }
+            sharded_result_free(&got);
+            compare_sharded(&s, &p, NULL, 1, 0.0, "one class", __LINE__);
+        }
+        head_problem_free(&h1);
+    }
+    head_problem_free(&h);
+}
+
+/* Phases 1 and 3 never write p->hard_negatives (only phase 2 counts): one amm_params with the
+   counts set may serve every phase without phase 3 overwriting the summed counts. */
+static void test_shard_counts_only_in_phase_two(void)
+{
+    section = "shard: hard_negatives";
+    head_problem h;
+    head_problem_init(&h, 9, 7, 130);
+    for (int head = 0; head < 2; ++head)
+        for (int d64 = 0; d64 < 2; ++d64) {
+            int64_t counts[9];
+            double target[9], rmax[9], rsum[9];
+            double cos64[9 * 130], loss64[1], g64[9 * 130], gw64[130 * 7];
+            float cos32[9 * 130], loss32[1], g32[9 * 130], gw32[130 * 7];
+            /* cosines from the head problem's weights and embeddings, for the loss phases */
+            for (int i = 0; i < 9; ++i)
+                for (int j = 0; j < 130; ++j) {
+                    cos64[i * 130 + j] = 0.9 * sin(0.37 * i * j + 0.1 * j);
+                    cos32[i * 130 + j] = (float)cos64[i * 130 + j];
+                }
+            amm_params p;
+            amm_params_init(&p);
+            p.hard_negatives = counts;
+            shard_args a;
+            memset(&a, 0, sizeof a);
+            a.p = &p;
+            a.head = head;
+            a.d64 = d64;
+            a.n = 9;
+            a.d = head ? 7 : 0;
+            a.c_local = 130;
+            a.class_start = 0;
+            a.c_total = 130;
+            a.labels = h.labels;
+            a.cos = head ? NULL : d64 ? (const void *)cos64 : (const void *)cos32;
+            a.emb = head ? (d64 ? (const void *)h.x64 : (const void *)h.x32) : NULL;
+            a.w = head ? (d64 ? (const void *)h.w64 : (const void *)h.w32) : NULL;
+            a.target_cos = target;
+            a.row_max = rmax;
+            a.row_sum = rsum;
+            a.global_max = rmax;
+            a.global_sum = rsum;
+            a.loss = d64 ? (void *)loss64 : (void *)loss32;
+            a.grad = d64 ? (void *)g64 : (void *)g32;
+            a.gw = head ? (d64 ? (void *)gw64 : (void *)gw32) : NULL;
+            for (int i = 0; i < 9; ++i)
+                counts[i] = -5;
+            shard_expect(__LINE__, PH_TARGET, &a, AMM_OK, NULL, NULL);
+            int untouched = 1;
+            for (int i = 0; i < 9; ++i)
+                untouched &= counts[i] == -5;
+            CHECK(untouched, "%s wrote p->hard_negatives", shard_name(PH_TARGET, &a));
+            shard_expect(__LINE__, PH_STATS, &a, AMM_OK, NULL, NULL);
+            int written = 1;
+            for (int i = 0; i < 9; ++i)
+                written &= counts[i] >= 0;
+            CHECK(written, "%s did not write p->hard_negatives", shard_name(PH_STATS, &a));
+            for (int i = 0; i < 9; ++i)
+                counts[i] = -5;
+            shard_expect(__LINE__, PH_GRAD, &a, AMM_OK, NULL, NULL);
+            untouched = 1;
+            for (int i = 0; i < 9; ++i)
+                untouched &= counts[i] == -5;
+            CHECK(untouched, "%s wrote p->hard_negatives", shard_name(PH_GRAD, &a));
+        }
+    head_problem_free(&h);
+}
+
+static void test_shard(void)
+{
+    test_shard_validation();
+    test_shard_rescale();
+    test_shard_one();
+    test_shard_three();
+    test_shard_empty();
+    test_shard_counts_only_in_phase_two();
+    section = "shard";
+    printf("shard: largest relative difference from the unsharded result (f64, each value "
+           "against the largest of its row): cosine logits %.3g, head %.3g\n", shard_err_cos,
+           shard_err_head);
+}
+
 /* ------------------------------------------------------------------------------------------- */
 
 int main(void)
@@ -2385,6 +3591,7 @@ int main(void)
     test_head_block_size();
     test_head_errors();
     test_head_threads();
+    test_shard();
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
