@@ -3312,6 +3312,29 @@ static void test_shard_three(void)
                 compare_sharded(&s, &p, NULL, 0, shard_tol(&s), what, __LINE__);
             }
 
+    /* ignore_index equal to a class id (labels[0]'s, in shard 0; the rows labelled -100 take
+       it too): that class's rows are ignored on every shard. */
+    section = "shard: ignore_index a class";
+    for (int d64 = 0; d64 < 2; ++d64) {
+        int64_t hl[23], cl[BN];
+        for (int i = 0; i < 23; ++i)
+            hl[i] = h.labels[i] == -100 ? h.labels[0] : h.labels[i];
+        for (int i = 0; i < BN; ++i)
+            cl[i] = big_labels[i] == -100 ? big_labels[0] : big_labels[i];
+        amm_params p;
+        amm_params_init(&p);
+        sharded s = head_problem_sharded(&h, d64);
+        s.labels = hl;
+        partialfc(&s, 3);
+        p.ignore_index = hl[0];
+        compare_sharded(&s, &p, NULL, 0, shard_tol(&s), "ignore_index = labels[0]", __LINE__);
+        s = cos_problem(d64);
+        s.labels = cl;
+        partialfc(&s, 3);
+        p.ignore_index = cl[0];
+        compare_sharded(&s, &p, NULL, 0, shard_tol(&s), "ignore_index = labels[0]", __LINE__);
+    }
+
     section = "shard: other tilings";
     {
         /* uneven shards: one class, then most, then the rest; and 8 shards */
@@ -3547,6 +3570,93 @@ static void test_shard_counts_only_in_phase_two(void)
     head_problem_free(&h);
 }
 
+/* Results are bitwise the same for every num_threads ("as for the unsharded functions"), and
+   of several rows holding a NaN in a shard, the lowest is named whatever num_threads is. */
+static void test_shard_threads(void)
+{
+    section = "shard: num_threads";
+    head_problem h;
+    head_problem_init(&h, 23, 16, 301);
+    const int threads[] = {1, 2, 4, 0, 3};
+    const int nt = (int)(sizeof threads / sizeof threads[0]);
+    for (int head = 0; head < 2; ++head)
+        for (int d64 = 0; d64 < 2; ++d64) {
+            sharded s = head ? head_problem_sharded(&h, d64) : cos_problem(d64);
+            partialfc(&s, 3);
+            const int64_t n = s.n, cols = head ? s.d : s.c;
+            sharded_result first;
+            memset(&first, 0, sizeof first);
+            for (int t = 0; t < nt; ++t) {
+                amm_params p;
+                variant(&p, 3);
+                p.reduction = AMM_REDUCTION_NONE;
+                p.num_threads = threads[t];
+                p.head_block_size = 32;
+                sharded_result got;
+                simulate(&s, &p, NULL, &got, __LINE__);
+                if (t == 0) {
+                    first = got;
+                    continue;
+                }
+                if (got.status == AMM_OK && first.status == AMM_OK) {
+                    int same = memcmp(got.loss, first.loss, (size_t)n * sizeof(double)) == 0 &&
+                               memcmp(got.counts, first.counts, (size_t)n * sizeof(int64_t)) == 0 &&
+                               memcmp(got.grad, first.grad,
+                                      (size_t)(n * cols) * sizeof(double)) == 0 &&
+                               (!head || memcmp(got.gw, first.gw,
+                                                (size_t)(s.c * s.d) * sizeof(double)) == 0);
+                    CHECK(same, "%s %s, 3 shards: the results with num_threads %d differ from "
+                          "num_threads 1", head ? "head" : "cosine logits", d64 ? "f64" : "f32",
+                          threads[t]);
+                }
+                sharded_result_free(&got);
+            }
+            sharded_result_free(&first);
+        }
+    head_problem_free(&h);
+
+    section = "shard: nonfinite, lowest row";
+    {
+        /* the shard [100, 300) of big_cos, NaN in rows 30, 12 and 21 (none ignored) */
+        const int64_t start = 100, cl = 200;
+        double *c64 = alloc_zero((size_t)(BN * cl), sizeof(double));
+        float *c32 = alloc_zero((size_t)(BN * cl), sizeof(float));
+        for (int64_t i = 0; i < BN; ++i)
+            for (int64_t j = 0; j < cl; ++j) {
+                c64[i * cl + j] = big_cos64[i * BC + start + j];
+                c32[i * cl + j] = big_cos32[i * BC + start + j];
+            }
+        const int bad[][2] = {{30, 150}, {12, 7}, {21, 0}};
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; ++k) {
+            c64[bad[k][0] * cl + bad[k][1]] = NAN;
+            c32[bad[k][0] * cl + bad[k][1]] = NAN;
+        }
+        double target[BN] = {0}, rmax[BN], rsum[BN];
+        for (int t = 0; t < nt; ++t)
+            for (int d64 = 0; d64 < 2; ++d64) {
+                amm_params p;
+                amm_params_init(&p);
+                p.num_threads = threads[t];
+                shard_args a;
+                memset(&a, 0, sizeof a);
+                a.p = &p;
+                a.d64 = d64;
+                a.cos = d64 ? (const void *)c64 : (const void *)c32;
+                a.n = BN;
+                a.c_local = cl;
+                a.class_start = start;
+                a.c_total = BC;
+                a.labels = big_labels;
+                a.target_cos = target;
+                a.row_max = rmax;
+                a.row_sum = rsum;
+                shard_expect(__LINE__, PH_STATS, &a, AMM_ERR_NONFINITE, NULL, "cos[12, 7]");
+            }
+        free(c64);
+        free(c32);
+    }
+}
+
 static void test_shard(void)
 {
     test_shard_validation();
@@ -3555,6 +3665,7 @@ static void test_shard(void)
     test_shard_three();
     test_shard_empty();
     test_shard_counts_only_in_phase_two();
+    test_shard_threads();
     section = "shard";
     printf("shard: largest relative difference from the unsharded result (f64, each value "
            "against the largest of its row): cosine logits %.3g, head %.3g\n", shard_err_cos,
