@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings a fresh machine of this project's kind to the point where the library is built and the
-# Python side can use and test it: the C compilers and OpenBLAS (Debian), NumPy and pytest
-# (PyPI), then the release build of libAMMSoftmax.so (and its AVX2/AVX-512 companions).
+# Python side can use and test it: the C compilers, OpenBLAS and Open MPI (Debian), NumPy,
+# pytest and mpi4py (PyPI), then the release build of libAMMSoftmax.so (and its AVX2/AVX-512
+# companions).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 # OpenBLAS (cblas.h and libopenblas.so) for the fused head's matrix products.
 dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
+# Open MPI (mpirun, and mpicc with the headers for mpi4py's build) for amm_softmax.mpi's tests.
+dpkg -s openmpi-bin >/dev/null 2>&1 || missing+=(openmpi-bin)
+dpkg -s libopenmpi-dev >/dev/null 2>&1 || missing+=(libopenmpi-dev)
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]} from Debian"
     apt-get update

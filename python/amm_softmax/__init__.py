@@ -7,6 +7,9 @@ Functions (every one takes the keyword parameters below):
     forward_backward(cos, labels, **params)              -> (loss, grad_cos)
     head_forward_backward(embeddings, weights, labels, **params)
                                                          -> (loss, grad_embeddings, grad_weights)
+        sample_rate=1.0, seed=0, step=0: PartialFC's class sampling (each step keeps the
+        targets and floor(sample_rate * C) classes in all); return_sampled=True appends the
+        kept class ids to the result
 
 `cos` is an (N, C) float32 or float64 array of cosines between embeddings and class weights
 (any strides); `labels` an (N,) integer array of target classes in [0, C), or ignore_index to
@@ -26,6 +29,10 @@ Parameters (defaults from docs/FORMULATION.md):
 Bad input raises TypeError (types, dtypes) or ValueError (shapes, labels, parameters,
 non-finite values) naming the parameter, row or column and the value. Inputs are never
 modified. `amm_softmax.reference` computes the same in plain NumPy.
+
+Sharding by class over MPI ranks (PartialFC's split; needs mpi4py, imported only on request):
+`amm_softmax.mpi.head_forward_backward(x_local, w_shard, labels_local, comm, **params)` and
+`amm_softmax.mpi.forward_backward(cos_shard, labels, comm, **params)`.
 """
 from . import reference
 from ._api import (backward, forward, forward_backward, head_forward_backward, kernel_build,

@@ -156,7 +156,9 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
                           block_size: int = 0,
                           out: tuple[np.ndarray, np.ndarray] | None = None,
                           hard_negatives: np.ndarray | None = None,
-                          **params) -> tuple[Loss, np.ndarray, np.ndarray]:
+                          sample_rate: float = 1.0, seed: int = 0, step: int = 0,
+                          return_sampled: bool = False,
+                          **params) -> tuple:
     """The fused head: (loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T, without the (N, C) matrix.
 
@@ -165,7 +167,25 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     go through in blocks of `block_size` (0: the library's rule, 8 MiB a block; see the C
     header for the memory bound). Gradients are
     shaped and typed like the inputs; `out=(grad_embeddings, grad_weights)` receives them in
-    given arrays (C-contiguous, of those shapes and dtype), as `out` does for backward."""
+    given arrays (C-contiguous, of those shapes and dtype), as `out` does for backward.
+
+    Class sampling (PartialFC): with `sample_rate` < 1 the step keeps every class that is the
+    target of a row that is not ignored and, when k = floor(sample_rate * C) is more than
+    their number, k classes in all, the others drawn uniformly without replacement from
+    (seed, step) (integers >= 0; the draw of amm_softmax.mpi on one rank). The loss,
+    the mining and the gradients are those of the head on the kept classes alone; the other
+    classes' rows of grad_weights are 0. `return_sampled=True` appends the kept classes (sorted
+    int64 class ids; every class when sample_rate is 1) to the result. sample_rate = 1 (the
+    default) is the exact loss, computed as without these arguments."""
+    from ._shard import check_sampling
+    sample_rate, seed, step = check_sampling(sample_rate, seed, step)
+    if sample_rate < 1.0:
+        return _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives,
+                             sample_rate, seed, step, return_sampled, params)
+    if return_sampled:   # every class: the plain head (the sharded one gives the same bits)
+        result = head_forward_backward(embeddings, weights, labels, block_size=block_size,
+                                       out=out, hard_negatives=hard_negatives, **params)
+        return result + (np.arange(result[2].shape[0], dtype=np.int64),)
     p = check_params(**params)
     block_size = check_block_size(block_size)
     embeddings, weights = check_head_inputs(embeddings, weights)
@@ -176,22 +196,51 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     counts = _counts_out(hard_negatives, n)
     lib = L.load()
     loss = _loss_out(p, embeddings)
-    if out is None:
-        grad_embeddings, grad_weights = np.empty_like(embeddings), np.empty_like(weights)
-    else:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError("out must be a tuple (grad_embeddings, grad_weights)")
-        grad_embeddings = _gradient_out(out[0], embeddings, "embeddings", "out[0]")
-        grad_weights = _gradient_out(out[1], weights, "weights", "out[1]")
-        if np.shares_memory(out[0], weights) or np.shares_memory(out[1], embeddings) or \
-                np.shares_memory(out[0], out[1]):
-            raise ValueError("out arrays must not overlap each other or the inputs")
+    grad_embeddings, grad_weights = _head_out(out, embeddings, weights)
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
     abi = abi_struct(p, block_size, counts)
     _check_status(lib, fn(ctypes.byref(abi), embeddings.ctypes.data,
                           weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,
                           grad_embeddings.ctypes.data, grad_weights.ctypes.data))
     return _loss_value(p, loss), grad_embeddings, grad_weights
+
+
+def _head_out(out, embeddings: np.ndarray, weights: np.ndarray):
+    """The destinations of the head's gradients: `out` checked, or new arrays."""
+    if out is None:
+        return np.empty_like(embeddings), np.empty_like(weights)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("out must be a tuple (grad_embeddings, grad_weights)")
+    grad_embeddings = _gradient_out(out[0], embeddings, "embeddings", "out[0]")
+    grad_weights = _gradient_out(out[1], weights, "weights", "out[1]")
+    if np.shares_memory(out[0], weights) or np.shares_memory(out[1], embeddings) or \
+            np.shares_memory(out[0], out[1]):
+        raise ValueError("out arrays must not overlap each other or the inputs")
+    return grad_embeddings, grad_weights
+
+
+def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, sample_rate,
+                  seed, step, return_sampled, params):
+    """The head with class sampling: the sharded protocol on one process (one shard)."""
+    from ._shard import SingleProcess
+    from ._shard import head_forward_backward as sharded
+    # The checks of the plain head, in its order, so that bad input fails the same way.
+    p = check_params(**params)
+    check_block_size(block_size)
+    embeddings, weights = check_head_inputs(embeddings, weights)
+    check_labels(labels, embeddings.shape[0], weights.shape[0], p.ignore_index)
+    _counts_out(hard_negatives, embeddings.shape[0])
+    destinations = None if out is None else _head_out(out, embeddings, weights)
+    loss, grad_embeddings, grad_weights, kept = sharded(
+        embeddings, weights, labels, SingleProcess(), sample_rate=sample_rate, seed=seed,
+        step=step, block_size=block_size, hard_negatives=hard_negatives, return_sampled=True,
+        **params)
+    if destinations is not None:
+        destinations[0][...] = grad_embeddings
+        destinations[1][...] = grad_weights
+        grad_embeddings, grad_weights = destinations
+    result = (loss, grad_embeddings, grad_weights)
+    return result + (kept,) if return_sampled else result
 
 
 def library_version() -> str:

@@ -9,7 +9,9 @@ others waiting, and every rank raises the same exception with the same message.
 """
 from __future__ import annotations
 
+import builtins
 import ctypes
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -77,7 +79,10 @@ class SingleProcess(Collectives):
 
 @dataclass
 class Traffic:
-    """Bytes this rank contributed to each collective of one call, in order."""
+    """The collectives of one call on this rank, in order: (what, bytes), the bytes being the
+    collective's payload as this rank sees it (the buffer an allreduce reduces, the whole array
+    an allgather gathers; a text broadcast, only on an error, is not counted). amm_softmax.mpi's
+    docstring gives the formula for each function."""
 
     collectives: list[tuple[str, int]] = field(default_factory=list)
 
@@ -99,9 +104,10 @@ class _Counted:
         return self.inner.allreduce(array, op)
 
     def allgather(self, array, what):
-        array = np.ascontiguousarray(array)
-        self.traffic.collectives.append((f"allgather {what}", array.nbytes))
-        return self.inner.allgather(array)
+        parts = self.inner.allgather(np.ascontiguousarray(array))
+        self.traffic.collectives.append((f"allgather {what}",
+                                         sum(int(part.nbytes) for part in parts)))
+        return parts
 
     def broadcast_text(self, text, root):
         return self.inner.broadcast_text(text, root)
@@ -111,7 +117,7 @@ def _agree(coll: _Counted, error: BaseException | None) -> None:
     """One small allreduce: if any rank failed, every rank raises the failure of the lowest
     failing rank (its exception type and message)."""
     flag = np.array([coll.rank if error is not None else coll.size], dtype=np.int64)
-    first = int(coll.inner.allreduce(flag, "min")[0])
+    first = int(coll.allreduce(flag, "min", "error agreement")[0])
     if first == coll.size:
         return
     if coll.rank == first:
@@ -119,18 +125,29 @@ def _agree(coll: _Counted, error: BaseException | None) -> None:
     else:
         text = ""
     kind, _, message = coll.broadcast_text(text, first).partition("\n")
-    exception = {"TypeError": TypeError, "MemoryError": MemoryError,
-                 "RuntimeError": RuntimeError}.get(kind, ValueError)
     if coll.size > 1 and not message.startswith("rank "):
         message = f"rank {first}: {message}"
-    raise exception(message)
+    raise _exception(kind, message) from error
+
+
+def _exception(kind: str, message: str) -> Exception:
+    """An exception of the built-in type named `kind` (RuntimeError naming it for any other)."""
+    cls = getattr(builtins, kind, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except TypeError:  # a type whose constructor wants more than a message
+            pass
+    return RuntimeError(f"{kind}: {message}")
 
 
 def _attempt(coll: _Counted, step):
-    """Runs `step()` on this rank, then agrees on failure with the others."""
+    """Runs `step()` on this rank, then agrees on failure with the others: any exception (not
+    only the expected kinds) must reach the agreement, or the other ranks would wait forever
+    in the next collective."""
     try:
         result, error = step(), None
-    except (TypeError, ValueError, MemoryError, RuntimeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - re-raised, on every rank, by _agree
         result, error = None, e
     _agree(coll, error)
     return result
@@ -148,8 +165,8 @@ def _check_same_everywhere(coll: _Counted, values: Sequence[float], names: Seque
     def check():
         for name, lo, hi in zip(names, low, high):
             if not (lo == hi or (np.isnan(lo) and np.isnan(hi))):
-                raise ValueError(f"{name} differs between ranks: from {lo!r} to {hi!r}; every "
-                                 f"rank must pass the same value")
+                raise ValueError(f"{name}: not the same on every rank (from {lo!r} to "
+                                 f"{hi!r}); every rank must pass the same value")
     _attempt(coll, check)
 
 
@@ -226,24 +243,31 @@ def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
         p = check_params(**params)
         cos = cos_shard
         if isinstance(cos, np.ndarray) and cos.ndim == 2 and cos.shape[1] == 0:
-            cos = np.ascontiguousarray(cos)  # a rank may hold no class
+            if cos.dtype not in (np.float32, np.float64):   # a rank may hold no class
+                raise TypeError(f"cos_shard must have dtype float32 or float64, "
+                                f"got {cos.dtype}")
+            cos = np.ascontiguousarray(cos)
         else:
             cos = _dense(check_cos(cos, "cos_shard"))
         labels_ = np.asarray(labels)
         if labels_.dtype.kind not in "iu":
             raise TypeError(f"labels must have an integer dtype, got {labels_.dtype}")
-        local.update(p=p, cos=cos, labels=labels_)
+        local.update(p=p, cos=cos, labels=labels_,
+                     counts=_counts_out(hard_negatives, cos.shape[0]))
         return p
     p = _attempt(coll, prepare)
     cos = local["cos"]
     rows, c_local = cos.shape
     values, names = _param_vector(p)
-    _check_same_everywhere(coll, values + [rows, _labels_digest(local["labels"])],
-                           names + ["the number of rows", "the labels"])
+    _check_same_everywhere(
+        coll, values + [rows, _labels_digest(local["labels"]), cos.dtype.itemsize,
+                        hard_negatives is not None],
+        names + ["the number of rows", "the labels", "the element size",
+                 "whether hard_negatives is given"])
     start, c_total = _shard_layout(coll, c_local, class_start)
     labels_ = _attempt(coll, lambda: check_labels(local["labels"], rows, c_total,
                                                   p.ignore_index))
-    counts = _attempt(coll, lambda: _counts_out(hard_negatives, rows))
+    counts = local["counts"]
     abi = abi_struct(p)
     args = (ctypes.byref(abi), _ptr(cos), rows, c_local, start, c_total, _ptr(labels_))
 
@@ -319,7 +343,7 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         x, w = x_local, w_shard
         if isinstance(w, np.ndarray) and w.ndim == 2 and w.shape[0] == 0 and \
                 isinstance(x, np.ndarray) and x.ndim == 2 and w.shape[1] == x.shape[1]:
-            check_head_inputs(x, np.zeros((1, x.shape[1]), x.dtype))  # a rank without classes
+            check_head_inputs(x, np.zeros((1, x.shape[1]), w.dtype))  # a rank without classes
         else:
             check_head_inputs(x, w)
         y = np.asarray(labels_local)
@@ -336,9 +360,10 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
     rate, seed_, step_ = local["sampling"]
     values, names = _param_vector(p)
     _check_same_everywhere(coll, values + [x.shape[1], np.dtype(x.dtype).itemsize, rate,
-                                           seed_, step_],
+                                           seed_, step_, hard_negatives is not None],
                            names + ["the embedding dimension", "the element size",
-                                    "sample_rate", "seed", "step"])
+                                    "sample_rate", "seed", "step",
+                                    "whether hard_negatives is given"])
     start, c_total = _shard_layout(coll, w.shape[0], class_start)
     x_parts = coll.allgather(x, "embeddings")
     x_all = np.concatenate(x_parts)
@@ -360,7 +385,10 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         mapped = np.full(labels.size, -1, dtype=np.int64)
         mapped[mine] = kept_start + np.searchsorted(kept, labels[mine] - start)
         mapped = coll.allreduce(mapped, "max", "sampled labels")
-        labels = np.where(active, mapped, labels)
+        # ignore_index may be a class id that a kept class now takes: the ignored rows get -1,
+        # which no class is.
+        labels = np.where(active, mapped, -1)
+        p = dataclasses.replace(p, ignore_index=-1)
         w_used = np.ascontiguousarray(w[kept])
         start, c_total, c_used = kept_start, int(kept_counts.sum()), kept.size
     else:
@@ -397,7 +425,7 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
     if hard_negatives is not None:
         hard_negatives[:] = counts[own:own + x.shape[0]]
     if p.reduction == "none":
-        loss_value = loss[own:own + x.shape[0]]
+        loss_value = loss[own:own + x.shape[0]].copy()
     else:
         loss_value = _loss_value(p, loss)
     result = (loss_value, grad_x, grad_w)
