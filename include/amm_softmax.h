@@ -332,6 +332,13 @@ AMM_API int amm_head_forward_backward_f64(const amm_params *p, const double *emb
  * Threads and memory as for the unsharded functions of the same kind.
  * ------------------------------------------------------------------------------------------- */
 
+/* What every phase checks besides the unsharded functions' checks: target_cos (phases 2 and
+   3) finite in every row that is not ignored (AMM_ERR_NONFINITE, "target_cos[i]"); global_max
+   finite or -inf, and global_sum finite and >= 0, in those rows (AMM_ERR_NONFINITE for NaN or
+   infinity, AMM_ERR_PARAM for a negative sum). Logits beyond the element type's range are
+   AMM_ERR_OVERFLOW in phase 2, as in the unsharded functions. Only phase 2 writes
+   p->hard_negatives; phases 1 and 3 never do. */
+
 /* Phase 1 on cosine logits. cos: n x c_local, this shard's columns of the n rows. Writes
    target_cos[i] = cos[i, labels[i] - class_start] if the target is in this shard, else 0.0
    (and 0.0 for ignored rows). */

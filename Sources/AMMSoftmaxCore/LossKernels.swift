@@ -59,7 +59,7 @@ public enum LossKernels {
         labels: UnsafePointer<Int64>?, outputs: Outputs<T>, streamingThreshold: Int
     ) throws(LossError) {
         try parameters.validateScale(for: T.self)
-        let pass = LossPass<T>(
+        let pass = try LossPass<T>(
             parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
             outputs: outputs, streamingThreshold: streamingThreshold)
         defer { pass.release() }

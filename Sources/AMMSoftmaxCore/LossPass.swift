@@ -35,10 +35,13 @@ struct LossPass<T: LossScalar> {
     private let scratch: UnsafeMutableBufferPointer<T>
     private let streams: UnsafeMutableBufferPointer<GradientStream<T>>
     private let streamState: UnsafeMutableBufferPointer<(pending: Bool, next: Int)>
+    /// Owns every buffer above.
+    private let arena = ScratchArena()
 
+    /// - Throws: `.allocation` when its scratch memory cannot be had.
     init(parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
          labels: UnsafePointer<Int64>?, outputs: LossKernels.Outputs<T>,
-         streamingThreshold: Int) {
+         streamingThreshold: Int) throws(LossError) {
         self.parameters = parameters
         self.cos = cos
         (self.rows, self.columns) = (rows, columns)
@@ -62,25 +65,21 @@ struct LossPass<T: LossScalar> {
 
         let workers = RowParallel.workerCount(rows: rows, columns: columns,
                                               threads: parameters.numThreads)
-        rowLosses = .allocate(capacity: Swift.max(rows, 1))
-        failures = .allocate(capacity: workers)
+        rowLosses = try arena.buffer(Double.self, count: rows)
+        failures = try arena.buffer((row: Int, error: LossError)?.self, count: workers)
         failures.initialize(repeating: nil)
-        references = .allocate(capacity: workers * blocksPerRow)
-        statistics = .allocate(capacity: workers)
-        scratch = .allocate(capacity: streaming ? 2 * workers * columns : 0)
-        streams = .allocate(capacity: workers)
-        streamState = .allocate(capacity: workers)
+        references = try arena.buffer(T.self, count: workers * blocksPerRow)
+        statistics = try arena.buffer(RowStatistics<T>.self, count: workers)
+        scratch = try arena.buffer(T.self, count: streaming ? 2 * workers * columns : 0)
+        streams = try arena.buffer(GradientStream<T>.self, count: workers)
+        streamState = try arena.buffer((pending: Bool, next: Int).self, count: workers)
         streamState.initialize(repeating: (false, 0))
     }
 
     func release() {
-        rowLosses.deallocate()
-        failures.deallocate()
-        references.deallocate()
-        statistics.deallocate()
-        scratch.deallocate()
-        streams.deallocate()
-        streamState.deallocate()
+        // The failures hold errors (with strings): deinitialise them before the memory goes.
+        _ = failures.deinitialize()
+        arena.release()
     }
 
     /// Row i on `worker`: its statistics (and loss), then its gradient if one is wanted.

@@ -8,8 +8,10 @@ package enum LossReduction {
     /// - Throws: `.outputOverflow` naming the first value beyond T's range.
     package static func write<T: LossScalar>(
         _ rowLosses: UnsafeBufferPointer<Double>, count: Int, reduction: Reduction,
-        counted: Int, into loss: UnsafeMutablePointer<T>
+        counted: Int, into loss: UnsafeMutablePointer<T>?
     ) throws(LossError) {
+        // Only n = 0 with reduction none may pass no loss (zero values to write).
+        guard let loss else { return }
         switch reduction {
         case .none:
             for i in 0..<count {

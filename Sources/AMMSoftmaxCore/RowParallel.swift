@@ -1,4 +1,3 @@
-import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -63,19 +62,42 @@ package enum RowParallel {
         run(workers: workers, work)
     }
 
-    /// work(0..<workers) on that many threads (the calling one when there is one worker).
+    /// work(0..<workers): worker 0 on the calling thread, each other on a thread of its own,
+    /// joined before this returns. A thread that cannot be started (no memory, a thread limit)
+    /// costs speed, never the result or a hang: its worker then runs on the calling thread.
+    /// No thread outlives the call, so nothing is held across a fork.
     private static func run(workers: Int, _ work: (Int) -> Void) {
         if workers == 1 {
             work(0)
             return
         }
-        // concurrentPerform wants a @Sendable closure; the callers' bodies write only to the
-        // rows, items and worker slots they are given, which no two workers share, so handing
-        // them over is safe.
+        #if canImport(Glibc)
+        // The callers' bodies write only to the rows, items and worker slots they are given,
+        // which no two workers share, so handing the closure to other threads is safe.
         withoutActuallyEscaping(work) { work in
-            let shared = UncheckedSendable(work)
-            DispatchQueue.concurrentPerform(iterations: workers) { shared.value($0) }
+            let shared = WorkerBody(work)
+            var threads = [pthread_t?](repeating: nil, count: workers)
+            for worker in 1..<workers {
+                let start = Unmanaged.passRetained(WorkerStart(shared, worker)).toOpaque()
+                var thread = pthread_t()
+                let status = pthread_create(&thread, nil, { raw in
+                    let start = Unmanaged<WorkerStart>.fromOpaque(raw!).takeRetainedValue()
+                    start.body.work(start.worker)
+                    return nil
+                }, start)
+                if status == 0 {
+                    threads[worker] = thread
+                } else {
+                    Unmanaged<WorkerStart>.fromOpaque(start).release()
+                }
+            }
+            work(0)
+            for worker in 1..<workers where threads[worker] == nil { work(worker) }
+            for case let thread? in threads { pthread_join(thread, nil) }
         }
+        #else
+        for worker in 0..<workers { work(worker) }
+        #endif
     }
 
     /// The worker count `forEachRow` uses for these arguments: size per-worker state with it.
@@ -89,9 +111,18 @@ package enum RowParallel {
     }
 }
 
-/// A value handed to other threads under a guarantee the compiler cannot check (stated where
-/// it is made).
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
+/// A worker body handed to other threads under the guarantee stated in `RowParallel.run`.
+private final class WorkerBody: @unchecked Sendable {
+    let work: (Int) -> Void
+    init(_ work: @escaping (Int) -> Void) { self.work = work }
+}
+
+/// What one started thread runs: the body, and its worker number.
+private final class WorkerStart: @unchecked Sendable {
+    let body: WorkerBody
+    let worker: Int
+    init(_ body: WorkerBody, _ worker: Int) {
+        self.body = body
+        self.worker = worker
+    }
 }

@@ -35,7 +35,8 @@ public enum ShardKernels {
     /// each row's count of hard negatives in the shard.
     ///
     /// - Throws: `.nonFiniteCosine` for the lowest row (and column) holding NaN or infinity in
-    ///   a row that is not ignored; `.invalidEntry` for a target cosine that is not finite.
+    ///   a row that is not ignored; `.invalidEntry` for a target cosine that is not finite;
+    ///   `.overflow` for the lowest row whose logits overflow T.
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func statistics<T: LossScalar>(
@@ -76,6 +77,13 @@ public enum ShardKernels {
                 let column = (0..<columns).first { !row![$0].isFinite }!
                 failures.record(row: i, worker: worker, .nonFiniteCosine(
                     row: i, column: column, value: Double(row![column])))
+                return false
+            }
+            // Logits beyond T's range: the row's loss could not be a number (as unsharded).
+            guard accumulator.reference < .infinity, accumulator.sum.isFinite else {
+                failures.record(row: i, worker: worker, .overflow(
+                    row: i, elementType: "\(T.self)",
+                    largest: Double(T.greatestFiniteMagnitude)))
                 return false
             }
             rowMax![i] = Double(accumulator.reference)

@@ -101,7 +101,7 @@ public enum HeadKernel {
                 parameters: parameters, embeddings: embeddings, weights: weights, rows: n,
                 dimension: d, classes: c, labels: labels, hardNegatives: hardNegatives)
             defer { call.release() }
-            let blocks = HeadBlocks<T>(call: call, requestedBlockSize: requested,
+            let blocks = try HeadBlocks<T>(call: call, requestedBlockSize: requested,
                                        keepBudget: keep)
             defer { blocks.release() }
             blocks.firstPass(call)

@@ -26,6 +26,8 @@ struct HeadCallState<T: GEMMScalar> {
     /// Each active row's running log-sum-exp, in raw storage so that the dispatched kernels
     /// can take a pointer to one; only the active rows are initialised (a plain value type).
     let accumulators: UnsafeMutablePointer<RowAccumulator<T>>
+    /// Owns the buffers above.
+    private let arena: ScratchArena
 
     /// Where each active row's target cosine comes from.
     enum TargetSource {
@@ -61,12 +63,13 @@ struct HeadCallState<T: GEMMScalar> {
         let threads = parameters.numThreads == 0 ? RowParallel.availableCores
                                                   : parameters.numThreads
         self.threads = threads
-        let xHat = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(n * d, 1))
-        let xNorms = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(n, 1))
-        let accumulators = UnsafeMutablePointer<RowAccumulator<T>>
-            .allocate(capacity: Swift.max(n, 1))
+        let arena = ScratchArena()
+        self.arena = arena
+        let xHat = try arena.allocate(T.self, count: n * d)
+        let xNorms = try arena.allocate(Double.self, count: n)
+        let accumulators = try arena.allocate(RowAccumulator<T>.self, count: n)
         (self.xHat, self.xNorms, self.accumulators) = (xHat, xNorms, accumulators)
-        func releaseAll() { xHat.deallocate(); xNorms.deallocate(); accumulators.deallocate() }
+        func releaseAll() { arena.release() }
 
         if let bad = RowNormalization.normalize(embeddings ?? UnsafePointer(xHat), count: n,
                                                 dimension: d, into: xHat, norms: xNorms,
@@ -119,9 +122,7 @@ struct HeadCallState<T: GEMMScalar> {
     }
 
     func release() {
-        xHat.deallocate()
-        xNorms.deallocate()
-        accumulators.deallocate()
+        arena.release()
     }
 
     /// c_y = <x^_i, W_y> / max(||W_y||, floor): a row's target cosine by an indexed dot product.
@@ -175,7 +176,7 @@ struct HeadCallState<T: GEMMScalar> {
         }
         try losses.withUnsafeBufferPointer { (losses) throws(LossError) in
             try LossReduction.write(losses, count: n, reduction: parameters.reduction,
-                                    counted: activeCount, into: loss!)
+                                    counted: activeCount, into: loss)
         }
         return statistics
     }
@@ -194,26 +195,43 @@ struct HeadBlocks<T: GEMMScalar> {
     private let wNorms: UnsafeMutablePointer<Double>
     private let products: ChunkedGEMM<T>
     private let kernels = RowKernels<T>()
+    private let arena = ScratchArena()
 
-    init(call: HeadCallState<T>, requestedBlockSize: Int, keepBudget: Int) {
+    /// - Throws: `.allocation` when the blocks' memory cannot be had.
+    init(call: HeadCallState<T>, requestedBlockSize: Int, keepBudget: Int) throws(LossError) {
         let (n, d, c) = (call.n, call.d, call.c)
         b = HeadKernel.blockSize(T.self, rows: n, dimension: d, classes: c,
                                  requested: requestedBlockSize)
         blocks = (c + b - 1) / b
         keptBlockCount = HeadKernel.keptBlocks(T.self, rows: n, blockSize: b, blocks: blocks,
                                                budget: keepBudget)
-        keptBuffer = LargeBuffer<T>(capacity: keptBlockCount * n * b)
-        blockBuffer = LargeBuffer<T>(capacity: keptBlockCount < blocks ? n * b : 1)
-        wHatBuffer = LargeBuffer<T>(capacity: b * d)
-        wNorms = UnsafeMutablePointer<Double>.allocate(capacity: b)
         products = ChunkedGEMM<T>(threads: call.threads)
+        let kept = try LargeBuffer<T>(capacity: keptBlockCount * n * b)
+        let block: LargeBuffer<T>
+        do { block = try LargeBuffer<T>(capacity: keptBlockCount < blocks ? n * b : 1) } catch {
+            kept.release()
+            throw error
+        }
+        let wHat: LargeBuffer<T>
+        do { wHat = try LargeBuffer<T>(capacity: b * d) } catch {
+            kept.release()
+            block.release()
+            throw error
+        }
+        (keptBuffer, blockBuffer, wHatBuffer) = (kept, block, wHat)
+        do { wNorms = try arena.allocate(Double.self, count: b) } catch {
+            kept.release()
+            block.release()
+            wHat.release()
+            throw error
+        }
     }
 
     func release() {
         keptBuffer.release()
         blockBuffer.release()
         wHatBuffer.release()
-        wNorms.deallocate()
+        arena.release()
     }
 
     /// Where block k's cosines live: kept, or the one block buffer.

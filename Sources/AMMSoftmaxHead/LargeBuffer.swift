@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import AMMSoftmaxMath
 
 /// Scratch memory of a call's lifetime for the head's large buffers (kept cosines, blocks):
 /// mapped directly and, where the kernel allows it (transparent huge pages in `madvise` mode,
@@ -11,7 +12,8 @@ struct LargeBuffer<T> {
     private let bytes: Int
     private let mapped: Bool
 
-    init(capacity: Int) {
+    /// - Throws: `.allocation` when the memory cannot be had (a trap would kill the host).
+    init(capacity: Int) throws(LossError) {
         let size = Swift.max(capacity, 1) * MemoryLayout<T>.stride
         #if canImport(Glibc)
         if size >= 4 << 20,
@@ -25,7 +27,11 @@ struct LargeBuffer<T> {
             return
         }
         #endif
-        pointer = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(capacity, 1))
+        var raw: UnsafeMutableRawPointer? = nil
+        guard posix_memalign(&raw, 64, size) == 0, let raw else {
+            throw .allocation(bytes: size)
+        }
+        pointer = raw.bindMemory(to: T.self, capacity: Swift.max(capacity, 1))
         bytes = size
         mapped = false
     }
@@ -37,6 +43,6 @@ struct LargeBuffer<T> {
             return
         }
         #endif
-        pointer.deallocate()
+        free(pointer)
     }
 }

@@ -64,7 +64,7 @@ public enum ShardHeadKernel {
                 targetSource: .given(targetCosines, shard: shard))
             defer { call.release() }
             // Phase 3 is another call: nothing is kept between the passes.
-            let blocks = HeadBlocks<T>(call: call, requestedBlockSize: requested, keepBudget: 0)
+            let blocks = try HeadBlocks<T>(call: call, requestedBlockSize: requested, keepBudget: 0)
             defer { blocks.release() }
             blocks.firstPass(call)
             for i in 0..<n {
@@ -75,6 +75,10 @@ public enum ShardHeadKernel {
                     continue
                 }
                 let accumulator = call.accumulators[i]
+                guard accumulator.reference < .infinity, accumulator.sum.isFinite else {
+                    throw .overflow(row: i, elementType: "\(T.self)",
+                                    largest: Double(T.greatestFiniteMagnitude))
+                }
                 rowMax![i] = Double(accumulator.reference)
                 rowSum![i] = accumulator.sum
                 hardNegatives?[i] = Int64(accumulator.hardNegatives)
@@ -115,7 +119,7 @@ public enum ShardHeadKernel {
                 try ShardKernels.reduceLosses(statistics, reduction: parameters.reduction,
                                               counted: call.activeCount, into: loss)
             }
-            let blocks = HeadBlocks<T>(call: call, requestedBlockSize: requested, keepBudget: 0)
+            let blocks = try HeadBlocks<T>(call: call, requestedBlockSize: requested, keepBudget: 0)
             defer { blocks.release() }
             if let gradWeights {
                 blocks.secondPass(call, statistics: statistics, gradEmbeddings: gradEmbeddings,
