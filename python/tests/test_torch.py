@@ -122,3 +122,106 @@ def test_main_job_trains_with_the_torch_backend(tmp_path):
             assert r["curve"][-1] < r["curve"][0]
             other = results["numpy"]["results"][dataset][name]
             assert abs(r["curve"][-1] - other["curve"][-1]) <= 0.05 * other["curve"][-1] + 1e-3
+
+
+# --- 0.3: seeded initialisation and class sampling on one process ----------------------------
+def test_head_init_seed_is_reproducible_and_the_default_unchanged():
+    from amm_softmax.torch import class_weights_init
+    a = AMMSoftmaxHead(5, 2100, init_seed=4, dtype=torch.float64).weight.detach()
+    assert torch.equal(a, AMMSoftmaxHead(5, 2100, init_seed=4, dtype=torch.float64).weight)
+    assert not torch.equal(a, AMMSoftmaxHead(5, 2100, init_seed=5, dtype=torch.float64).weight)
+    assert abs(float(a.std()) - 0.01) < 5e-4
+    # float32: the float64 draw rounded; any split of the classes gives the same rows.
+    f32 = AMMSoftmaxHead(5, 2100, init_seed=4).weight.detach()
+    assert f32.dtype == torch.float32 and torch.equal(f32, a.float())
+    parts = [class_weights_init(lo, hi, 5, torch.float64, 4)
+             for lo, hi in ((0, 700), (700, 1024), (1024, 1025), (1025, 2100))]
+    assert torch.equal(torch.cat(parts), a)
+    # Without init_seed: torch's global generator, as before 0.3.
+    torch.manual_seed(9)
+    b = AMMSoftmaxHead(5, 30).weight.detach()
+    torch.manual_seed(9)
+    assert torch.equal(b, torch.nn.init.normal_(torch.empty(30, 5), std=0.01))
+    with pytest.raises(ValueError, match="init_seed"):
+        AMMSoftmaxHead(5, 30, init_seed=-1)
+
+
+def sampled_problem(n=12, d=6, c=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c, (n,), generator=g)
+    labels[::5] = -100
+    return x, labels
+
+
+def test_head_class_sampling_is_the_head_on_the_kept_classes():
+    import numpy as np
+    import amm_softmax
+    x, labels = sampled_problem()
+    rate, params = 0.3, dict(scale=16.0)
+    head = AMMSoftmaxHead(6, 60, sample_rate=rate, seed=2, init_seed=1, dtype=torch.float64,
+                          block_size=7, **params)
+    w = head.weight.detach().numpy().copy()
+    draws = []
+    for step in range(3):
+        assert head.step == step
+        head.weight.grad = None
+        xs = x.clone().requires_grad_(True)
+        loss = head(xs, labels)
+        (2.0 * loss).backward()
+        kept = head.sampled_classes
+        draws.append(kept)
+        targets = np.unique(labels[labels != -100].numpy())
+        assert np.isin(targets, kept).all() and kept.size == int(rate * 60)
+        # The same draw as amm_softmax.head_forward_backward(..., sample_rate=...).
+        mapped = np.where(labels.numpy() == -100, -100, np.searchsorted(kept, labels.numpy()))
+        want = amm_softmax.head_forward_backward(x.numpy(), w[kept], mapped, **params)
+        torch.testing.assert_close(loss.detach(), torch.tensor(want[0], dtype=torch.float64),
+                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(xs.grad, torch.from_numpy(2.0 * want[1]), rtol=1e-12,
+                                   atol=1e-15)
+        grad_w = head.weight.grad.numpy()
+        np.testing.assert_allclose(grad_w[kept], 2.0 * want[2], rtol=1e-12, atol=1e-15)
+        assert np.all(np.delete(grad_w, kept, axis=0) == 0)
+        assert head.hard_negatives.shape == (12,)
+    assert not np.array_equal(draws[0], draws[1])
+    # Eval mode: every class, no step.
+    head.eval()
+    loss = head(x, labels)
+    assert head.sampled_classes is None and head.step == 3
+    full = amm_softmax.head_forward_backward(x.numpy(), w, labels.numpy(), **params)[0]
+    assert abs(float(loss.detach()) - full) <= 1e-12 * abs(full)
+    assert "sample_rate=0.3" in repr(head)
+
+
+def test_head_class_sampling_edge_cases():
+    x, labels = sampled_problem(c=3)
+    # floor(rate * C) = 0 with a given block: only the targets (never an empty block rule).
+    head = AMMSoftmaxHead(6, 3, sample_rate=0.25, block_size=2, dtype=torch.float64)
+    head(x, labels).backward()
+    assert set(head.sampled_classes) == set(labels[labels != -100].tolist())
+    # Every row ignored: loss 0 and zero gradients (the exact path; nothing to sample).
+    head.weight.grad = None
+    loss = head(x, torch.full_like(labels, -100))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.all(head.weight.grad == 0)
+    for bad, exception in ((0.0, ValueError), (1.5, ValueError), ("0.5", TypeError)):
+        with pytest.raises(exception, match="sample_rate"):
+            AMMSoftmaxHead(6, 3, sample_rate=bad)
+    with pytest.raises(ValueError, match="seed"):
+        AMMSoftmaxHead(6, 3, sample_rate=0.5, seed=-1)
+
+
+def test_sharded_head_function_gradcheck_on_one_process():
+    """ShardedHeadFunction (the autograd Function of the sharded and the sampled head) on one
+    process with a fixed sampling step: its gradients are those of its loss."""
+    from amm_softmax._shard import SingleProcess
+    from amm_softmax.torch import ShardedHeadFunction
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, -100, 8, 3])
+    options = dict(scale=4.0, sample_rate=0.6, seed=1, step=0)
+    assert torch.autograd.gradcheck(
+        lambda a, b: ShardedHeadFunction.apply(a, b, labels, SingleProcess(), dict(options)),
+        (x, w), eps=1e-6, atol=1e-6)
