@@ -24,14 +24,20 @@
 //   AMMSoftmaxCore     the whole-matrix kernels: kernel choice, rows over threads, reductions,
 //                      and the Swift API (which calls the validation of AMMSoftmaxMath).
 //   AMMSoftmaxHead     the fused head: embeddings and class weights in, loss and both gradients
-//                      out, over blocks of classes with OpenBLAS products (COpenBLAS: Debian's
-//                      libopenblas-dev), never holding the N x C matrix.
+//                      out, over blocks of classes with OpenBLAS products, never holding the
+//                      N x C matrix. COpenBLAS: cblas.h; the library is Debian's serial
+//                      (single-threaded) OpenBLAS, linked statically with its symbols hidden,
+//                      so that the head has a private copy: it never changes a setting other
+//                      code in the process shares, and needs no OpenBLAS at run time.
 //   CAMMSoftmax        the hand-written C header `include/amm_softmax.h`, exposed to Swift as a
 //                      clang module so the ABI layer uses the very struct the C users see.
 //   AMMSoftmax         the C ABI: `@_cdecl` entry points, reading amm_params once, pointer
 //                      checks, status codes and the thread-local error message. Built as the dynamic library
 //                      libAMMSoftmax.so.
 import PackageDescription
+
+// Debian's serial OpenBLAS (libopenblas-serial-dev), as a static archive: see AMMSoftmaxHead.
+let serialOpenBLAS = "/usr/lib/x86_64-linux-gnu/openblas-serial/libopenblas.a"
 
 let package = Package(
     name: "amm-softmax",
@@ -81,11 +87,14 @@ let package = Package(
         ),
         .systemLibrary(
             name: "COpenBLAS", path: "Sources/COpenBLAS",
-            providers: [.apt(["libopenblas-dev"])]
+            providers: [.apt(["libopenblas-serial-dev"])]
         ),
         .target(
             name: "AMMSoftmaxHead",
-            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxKernels", "AMMSoftmaxMath", "COpenBLAS"]
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxKernels", "AMMSoftmaxMath", "COpenBLAS"],
+            linkerSettings: [.unsafeFlags([
+                "-Xlinker", serialOpenBLAS, "-Xlinker", "--exclude-libs=libopenblas.a",
+            ])]
         ),
         .systemLibrary(name: "CAMMSoftmax", path: "include"),
         .target(

@@ -7,8 +7,8 @@ them into amm_softmax/_version.py for `amm_softmax.__version__`.
 `build_py` runs `swift build -c release -Xswiftc -static-stdlib` (into .build-wheel/) and copies
 libAMMSoftmax.so and its optional AVX2/AVX-512 companions into amm_softmax/lib/. With the Swift
 runtime linked statically and a RUNPATH of $ORIGIN only, the installed package (and a wheel made
-by `pip wheel .`) needs no Swift toolchain; it still needs the C and C++ runtimes and OpenBLAS
-(Debian: libopenblas0) on the machine.
+by `pip wheel .`) needs no Swift toolchain and no OpenBLAS (the library links its own, serial,
+statically); it still needs the C and C++ runtimes on the machine.
 """
 import re
 import shutil

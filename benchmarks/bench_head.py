@@ -82,7 +82,8 @@ def _once(fn) -> float:
 
 
 class OpenBLAS:
-    """cblas_sgemm from the system OpenBLAS, the library the head links."""
+    """cblas_sgemm from the system's (threaded) OpenBLAS: the same 0.3.21 kernels the head runs
+    in its private serial copy, here on as many of OpenBLAS's own threads as the head uses."""
 
     def __init__(self):
         self.lib = ctypes.CDLL("libopenblas.so.0")

@@ -282,8 +282,9 @@ AMM_API int amm_forward_backward_f64(const amm_params *p, const double *cos, int
  *
  * Threads: p->num_threads workers for the per-row work and the products, which are split into
  * fixed chunks, each a single-threaded cblas_?gemm call (so the bits do not depend on the
- * thread count); OpenBLAS is set to one thread for the duration of the call and restored after
- * (openblas_set_num_threads: a process-wide setting). Errors: as for the functions
+ * thread count). The products run on the library's own copy of OpenBLAS (Debian's serial build,
+ * linked statically with hidden symbols): no OpenBLAS setting the process shares is read or
+ * changed, and an OpenBLAS the host program uses is left alone. Errors: as for the functions
  * above; a NaN or infinity is reported as "embeddings[i, k]" or "weights[j, k]".
  * ------------------------------------------------------------------------------------------- */
 AMM_API int amm_head_forward_backward_f32(const amm_params *p, const float *embeddings,

@@ -15,8 +15,9 @@ fi
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
-# OpenBLAS (cblas.h and libopenblas.so) for the fused head's matrix products.
-dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
+# OpenBLAS for the fused head's matrix products: Debian's serial build, whose static archive the
+# library links privately (libopenblas-serial-dev).
+dpkg -s libopenblas-serial-dev >/dev/null 2>&1 || missing+=(libopenblas-serial-dev)
 # Open MPI (mpirun, and mpicc with the headers for mpi4py's build) for amm_softmax.mpi's tests.
 dpkg -s openmpi-bin >/dev/null 2>&1 || missing+=(openmpi-bin)
 dpkg -s libopenmpi-dev >/dev/null 2>&1 || missing+=(libopenmpi-dev)

@@ -40,26 +40,15 @@ extension Double: GEMMScalar {
     }
 }
 
-/// OpenBLAS's own thread count (process-wide: OpenBLAS 0.3.21 has no per-call setting).
-enum BLASThreads {
-    /// Runs `body` with OpenBLAS single-threaded, restoring the caller's setting after.
-    ///
-    /// Why: OpenBLAS splits a product differently for different thread counts, and its results
-    /// then differ in the last bits; the head instead splits each product into fixed chunks
-    /// (`ChunkedGEMM`) that its own workers compute with single-threaded calls, so the bits do
-    /// not depend on the thread count. (It also keeps OpenBLAS's idle threads from spinning
-    /// against the head's workers.)
-    static func singleThreaded<R>(_ body: () throws(LossError) -> R) throws(LossError) -> R {
-        let previous = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(previous) }
-        return try body()
-    }
-}
-
 /// The head's three products, each split into chunks of a fixed size along an output dimension
 /// and spread over the workers: every output element is computed by the same single-threaded
 /// call whatever the thread count, so the results are bitwise the same for every count.
+///
+/// The OpenBLAS behind `GEMMScalar` is the head's own: Debian's serial build, linked statically
+/// with hidden symbols (Package.swift). Being serial, it never splits a product by a thread
+/// count of its own (which would change the bits), and no setting of an OpenBLAS that other
+/// code in the process uses is ever read or changed. It serialises its buffer pool with a
+/// lock, so the workers may call it at once.
 struct ChunkedGEMM<T: GEMMScalar> {
     /// Classes per chunk, and embedding columns per chunk: large enough for OpenBLAS to run
     /// near its single-thread peak, small enough to give the workers several chunks (D = 512

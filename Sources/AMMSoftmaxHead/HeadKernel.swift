@@ -96,7 +96,7 @@ public enum HeadKernel {
         keepBudget keep: Int = keepBudget
     ) throws(LossError) {
         try parameters.validateScale(for: T.self)
-        try BLASThreads.singleThreaded { () throws(LossError) in
+        do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
             let call = try HeadCallState<T>(
                 parameters: parameters, embeddings: embeddings, weights: weights, rows: n,
                 dimension: d, classes: c, labels: labels, hardNegatives: hardNegatives)

@@ -56,7 +56,7 @@ public enum ShardHeadKernel {
         try parameters.validateScale(for: T.self)
         try ShardKernels.validateTargets(targetCosines, rows: n, labels: labels,
                                          ignoreIndex: parameters.ignoreIndex)
-        try BLASThreads.singleThreaded { () throws(LossError) in
+        do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
             let call = try HeadCallState<T>(
                 parameters: parameters, embeddings: embeddings, weights: weights, rows: n,
                 dimension: d, classes: shard.count, labels: labels,
@@ -106,7 +106,7 @@ public enum ShardHeadKernel {
         try ShardKernels.validateGlobalStatistics(
             globalMax: globalMax, globalSum: globalSum, rows: n, labels: labels,
             ignoreIndex: parameters.ignoreIndex)
-        try BLASThreads.singleThreaded { () throws(LossError) in
+        do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
             let statistics = try ShardKernels.globalStatistics(
                 parameters, T.self, rows: n, labels: labels, targetCosines: targetCosines,
                 globalMax: globalMax, globalSum: globalSum)

@@ -1,1 +1,1 @@
-#include <cblas.h>
+#include </usr/include/x86_64-linux-gnu/openblas-serial/cblas.h>

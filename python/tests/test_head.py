@@ -610,10 +610,11 @@ def test_failures_found_late_leave_inputs_unchanged(dtype):
 @pytest.mark.parametrize("block_size", [100, 0])
 def test_bitwise_identical_for_every_thread_count(dtype, reduction, block_size):
     """num_threads in {1, 2, 3, 0 (all cores)} give bitwise the same loss and gradients (row
-    work split across threads, OpenBLAS set to the same count), and repeated calls too.
-    block_size 100 gives products with K <= 100; block_size 0 is one block of all 1001 classes,
-    so that d loss / d x^ is one product with K = 1001, where OpenBLAS 0.3.21 (Debian,
-    pthreads) gives different bits for 1 and 2 threads (cblas_?gemm 37 x 1001 by 1001 x 24)."""
+    work and fixed product chunks split across threads, each chunk one call of the head's
+    serial OpenBLAS), and repeated calls too. block_size 100 gives products with K <= 100;
+    block_size 0 is one block of all 1001 classes, so that d loss / d x^ is one product with
+    K = 1001, where a threaded OpenBLAS 0.3.21 gives different bits for 1 and 2 of its own
+    threads (cblas_?gemm 37 x 1001 by 1001 x 24)."""
     rng = rng_for("threads", np.dtype(dtype).name, reduction, block_size)
     params = params_for("arc", "amm", reduction)
     x, w, labels = head_problem(rng, 37, 24, 1001, dtype, params)
