@@ -47,7 +47,7 @@ public enum HeadKernel {
     /// The block size for a problem: `requested` if positive (at most C), else the rule above.
     public static func blockSize<T>(_: T.Type, rows n: Int, dimension d: Int, classes c: Int,
                                     requested: Int) -> Int {
-        if requested > 0 { return Swift.min(requested, c) }
+        if requested > 0 { return Swift.max(1, Swift.min(requested, c)) }  // a shard may hold none
         let perClass = (n + d) * MemoryLayout<T>.stride
         let fitting = Swift.max(16, blockBudget / Swift.max(perClass, 1) / 16 * 16)
         return Swift.max(1, Swift.min(c, 8192, fitting))

@@ -165,8 +165,8 @@ def _check_same_everywhere(coll: _Counted, values: Sequence[float], names: Seque
     def check():
         for name, lo, hi in zip(names, low, high):
             if not (lo == hi or (np.isnan(lo) and np.isnan(hi))):
-                raise ValueError(f"{name}: not the same on every rank (from {lo!r} to "
-                                 f"{hi!r}); every rank must pass the same value")
+                raise ValueError(f"{name}: not the same on every rank (from {float(lo)!r} to "
+                                 f"{float(hi)!r}); every rank must pass the same value")
     _attempt(coll, check)
 
 
@@ -365,6 +365,8 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
                                     "sample_rate", "seed", "step",
                                     "whether hard_negatives is given"])
     start, c_total = _shard_layout(coll, w.shape[0], class_start)
+    # Each rank checks its own labels first, so that an error names the row where it is.
+    _attempt(coll, lambda: check_labels(y_local, y_local.size, c_total, p.ignore_index))
     x_parts = coll.allgather(x, "embeddings")
     x_all = np.concatenate(x_parts)
     y_all = np.concatenate(coll.allgather(y_local, "labels"))
@@ -391,6 +393,10 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         p = dataclasses.replace(p, ignore_index=-1)
         w_used = np.ascontiguousarray(w[kept])
         start, c_total, c_used = kept_start, int(kept_counts.sum()), kept.size
+        if c_total == 0:
+            # No shard kept a class: every row is ignored (a row's target is always kept), so
+            # the loss and every gradient are 0, as without sampling.
+            return _all_ignored(p, x, w, hard_negatives, return_sampled, kept, shard_start)
     else:
         w_used, c_used = w, c_local
 
@@ -432,4 +438,15 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
     if return_sampled:
         kept_local = np.arange(c_local, dtype=np.int64) if kept is None else kept
         result = result + (kept_local + shard_start,)
+    return result
+
+
+def _all_ignored(p: Params, x, w, hard_negatives, return_sampled, kept, shard_start):
+    """The head's result when every row of every rank is ignored."""
+    loss = np.zeros(x.shape[0], dtype=x.dtype) if p.reduction == "none" else 0.0
+    if hard_negatives is not None:
+        hard_negatives[:] = 0
+    result = (loss, np.zeros_like(x), np.zeros_like(w))
+    if return_sampled:
+        result = result + (kept + shard_start,)
     return result
