@@ -155,6 +155,26 @@ struct ShardTests {
         }
     }
 
+    /// A shard without classes, with a block size asked for (it once divided by zero).
+    @Test func headShardWithoutClassesAndABlockSize() throws {
+        let p = LossParameters()
+        let x = [Double](repeating: 1, count: 3 * 4), labels: [Int64] = [0, 1, 2]
+        let targets = [Double](repeating: 0.5, count: 3)
+        var m = [Double](repeating: .nan, count: 3), s = m
+        let empty = ClassShard(start: 5, count: 0, total: 5)
+        try ShardHeadKernel.statistics(parameters: p, blockSize: 8, embeddings: x, weights: nil,
+                                       rows: 3, dimension: 4, shard: empty, labels: labels,
+                                       targetCosines: targets, rowMax: &m, rowSum: &s)
+        #expect(m == [-.infinity, -.infinity, -.infinity] && s == [0, 0, 0])
+        var loss = [Double](repeating: .nan, count: 1), dx = x
+        try ShardHeadKernel.gradient(parameters: p, blockSize: 8, embeddings: x, weights: nil,
+                                     rows: 3, dimension: 4, shard: empty, labels: labels,
+                                     targetCosines: targets, globalMax: [0, 0, 0],
+                                     globalSum: [1, 1, 1], loss: &loss, gradEmbeddings: &dx,
+                                     gradWeights: nil)
+        #expect(dx.allSatisfy { $0 == 0 } && loss[0].isFinite)
+    }
+
     @Test func shardValidationNamesTheField() {
         #expect(throws: LossError.self) { try ClassShard(start: 0, count: 1, total: 0).validate() }
         #expect(throws: LossError.shape("class_start = 3 is invalid: must be in [0, 2] so that "
