@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _library as L
 from ._params import (Params, abi_struct, check_block_size, check_cos, check_grad_output,
-                      check_head_inputs, check_labels, check_params)
+                      check_head_inputs, check_labels, check_params, native_byte_order)
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -22,8 +22,32 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 Loss = Union[float, np.ndarray]
 
 
-def _counts_out(hard_negatives, rows: int) -> np.ndarray | None:
-    """`hard_negatives` checked as the destination of the per-row counts of hard negatives."""
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError
+
+
+def _overlap(a, b) -> bool:
+    """Whether ndarrays `a` and `b` share memory (True, the safe answer, when NumPy cannot tell
+    within a small budget; False when either is not an ndarray)."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except _TOO_HARD:
+        return True
+
+
+def _refuse_overlap(name: str, array, others) -> None:
+    """ValueError if `array` (an output called `name`) shares memory with one of `others`,
+    (name, array, is_input) triples, so that an input is never written."""
+    for other_name, other, is_input in others:
+        if _overlap(array, other):
+            why = " (inputs are never modified)" if is_input else ""
+            raise ValueError(f"{name} must not overlap {other_name}{why}")
+
+
+def _counts_out(hard_negatives, rows: int, others=()) -> np.ndarray | None:
+    """`hard_negatives` checked as the destination of the per-row counts of hard negatives;
+    `others`: (name, array, is_input) triples it must not overlap."""
     if hard_negatives is None:
         return None
     if not isinstance(hard_negatives, np.ndarray):
@@ -34,9 +58,18 @@ def _counts_out(hard_negatives, rows: int) -> np.ndarray | None:
     if hard_negatives.shape != (rows,):
         raise ValueError(f"hard_negatives must have shape ({rows},), "
                          f"got {hard_negatives.shape}")
-    if not (hard_negatives.flags.c_contiguous and hard_negatives.flags.writeable):
-        raise ValueError("hard_negatives must be a writeable, C-contiguous array")
+    _require_writeable_dense("hard_negatives", "a writeable, C-contiguous array", hard_negatives)
+    _refuse_overlap("hard_negatives", hard_negatives, others)
     return hard_negatives
+
+
+def _require_writeable_dense(name: str, what: str, a: np.ndarray) -> None:
+    """ValueError naming the first of writeable, C-contiguous, aligned that `a` is not."""
+    for ok, why in ((a.flags.writeable, "it is read-only"),
+                    (a.flags.c_contiguous, f"it is not C-contiguous (strides {a.strides})"),
+                    (a.flags.aligned, "it is not aligned to its element size")):
+        if not ok:
+            raise ValueError(f"{name} must be {what}: {why}")
 
 
 def _check_status(lib, status: int) -> None:
@@ -58,6 +91,12 @@ def _prepare(cos, labels, params):
     return p, _dense(cos), labels
 
 
+def _inputs(**arrays):
+    """(name, array, True) for the inputs as the caller passed them (before any copy), which
+    no output may overlap."""
+    return tuple((name, a, True) for name, a in arrays.items())
+
+
 def _loss_out(p: Params, cos: np.ndarray) -> np.ndarray:
     return np.empty(cos.shape[0] if p.reduction == "none" else 1, dtype=cos.dtype)
 
@@ -74,8 +113,9 @@ def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray |
     `hard_negatives`, if given, an int64 array (N,) that receives each row's number of negatives
     mined as hard (cos[i, j] > f(c_y), j != y; 0 for ignored rows); the same for every
     function."""
+    given = _inputs(cos=cos, labels=labels)
     p, cos, labels = _prepare(cos, labels, params)
-    counts = _counts_out(hard_negatives, cos.shape[0])
+    counts = _counts_out(hard_negatives, cos.shape[0], given)
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
@@ -85,9 +125,11 @@ def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray |
     return _loss_value(p, loss)
 
 
-def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out") -> np.ndarray:
-    """`out` checked as a destination for the gradient of `like` (the input called `name`), or
-    a new array."""
+def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out",
+                  others=()) -> np.ndarray:
+    """`out` checked as a destination for the gradient of `like` (the input called `name`, as
+    passed to the library), or a new array; `others`: (name, array, is_input) triples it must
+    not overlap either (the inputs as the caller gave them, before any copy)."""
     if out is None:
         return np.empty(like.shape, dtype=like.dtype)
     if not isinstance(out, np.ndarray):
@@ -98,10 +140,8 @@ def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out
     if out.shape != like.shape:
         raise ValueError(f"{out_name} must have the shape of {name} {like.shape}, "
                          f"got {out.shape}")
-    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
-        raise ValueError(f"{out_name} must be a writeable, aligned, C-contiguous array")
-    if np.shares_memory(out, like):
-        raise ValueError(f"{out_name} must not overlap {name} (inputs are never modified)")
+    _require_writeable_dense(out_name, "a writeable, aligned, C-contiguous array", out)
+    _refuse_overlap(out_name, out, ((name, like, True),) + tuple(others))
     return out
 
 
@@ -112,6 +152,7 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
     shaped and typed like cos. `out`, if given, is a C-contiguous array of that shape and dtype
     that receives the gradient (and is returned): reusing it between steps saves allocating and
     first-touching N x C values."""
+    given = _inputs(cos=cos, labels=labels, grad_output=grad_output)
     p, cos, labels = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
     largest = np.finfo(cos.dtype).max
@@ -120,8 +161,8 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
         raise ValueError(f"grad_output[{k}] = {float(upstream[k])!r} is out of range for "
                          f"{cos.dtype} (|value| <= {largest})")
     upstream = upstream.astype(cos.dtype)
-    grad = _gradient_out(out, cos)
-    counts = _counts_out(hard_negatives, cos.shape[0])
+    grad = _gradient_out(out, cos, others=given)
+    counts = _counts_out(hard_negatives, cos.shape[0], given + (("out", grad, False),))
     lib = L.load()
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
     abi = abi_struct(p, 0, counts)
@@ -136,9 +177,10 @@ def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | N
                      **params) -> tuple[Loss, np.ndarray]:
     """(loss, grad_cos) in one pass over the data, as forward and backward with
     grad_output = 1. `out` as for backward."""
+    given = _inputs(cos=cos, labels=labels)
     p, cos, labels = _prepare(cos, labels, params)
-    grad = _gradient_out(out, cos)
-    counts = _counts_out(hard_negatives, cos.shape[0])
+    grad = _gradient_out(out, cos, others=given)
+    counts = _counts_out(hard_negatives, cos.shape[0], given + (("out", grad, False),))
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
@@ -179,9 +221,12 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     default) is the exact loss, computed as without these arguments."""
     from ._shard import check_sampling
     sample_rate, seed, step = check_sampling(sample_rate, seed, step)
+    given = _inputs(embeddings=embeddings, weights=weights, labels=labels)
+    # Floats in non-native byte order are read by value (a native copy), as for cos.
+    embeddings, weights = native_byte_order(embeddings), native_byte_order(weights)
     if sample_rate < 1.0:
         return _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives,
-                             sample_rate, seed, step, return_sampled, params)
+                             sample_rate, seed, step, return_sampled, params, given)
     if return_sampled:   # every class: the plain head (the sharded one gives the same bits)
         result = head_forward_backward(embeddings, weights, labels, block_size=block_size,
                                        out=out, hard_negatives=hard_negatives, **params)
@@ -191,12 +236,13 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     embeddings, weights = check_head_inputs(embeddings, weights)
     n, d = embeddings.shape
     c = weights.shape[0]
-    labels = check_labels(labels, n, c, p.ignore_index)
+    labels = check_labels(labels, n, c, p.ignore_index, "embeddings")
     embeddings, weights = _dense(embeddings), _dense(weights)
-    counts = _counts_out(hard_negatives, n)
     lib = L.load()
     loss = _loss_out(p, embeddings)
-    grad_embeddings, grad_weights = _head_out(out, embeddings, weights)
+    grad_embeddings, grad_weights = _head_out(out, embeddings, weights, given)
+    counts = _counts_out(hard_negatives, n, given + (("out[0]", grad_embeddings, False),
+                                                     ("out[1]", grad_weights, False)))
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
     abi = abi_struct(p, block_size, counts)
     _check_status(lib, fn(ctypes.byref(abi), embeddings.ctypes.data,
@@ -205,22 +251,22 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     return _loss_value(p, loss), grad_embeddings, grad_weights
 
 
-def _head_out(out, embeddings: np.ndarray, weights: np.ndarray):
-    """The destinations of the head's gradients: `out` checked, or new arrays."""
+def _head_out(out, embeddings: np.ndarray, weights: np.ndarray, given=()):
+    """The destinations of the head's gradients: `out` checked, or new arrays. `given`: the
+    inputs as the caller passed them, which neither may overlap."""
     if out is None:
         return np.empty_like(embeddings), np.empty_like(weights)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("out must be a tuple (grad_embeddings, grad_weights)")
-    grad_embeddings = _gradient_out(out[0], embeddings, "embeddings", "out[0]")
-    grad_weights = _gradient_out(out[1], weights, "weights", "out[1]")
-    if np.shares_memory(out[0], weights) or np.shares_memory(out[1], embeddings) or \
-            np.shares_memory(out[0], out[1]):
+    grad_embeddings = _gradient_out(out[0], embeddings, "embeddings", "out[0]", given)
+    grad_weights = _gradient_out(out[1], weights, "weights", "out[1]", given)
+    if _overlap(out[0], weights) or _overlap(out[1], embeddings) or _overlap(out[0], out[1]):
         raise ValueError("out arrays must not overlap each other or the inputs")
     return grad_embeddings, grad_weights
 
 
 def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, sample_rate,
-                  seed, step, return_sampled, params):
+                  seed, step, return_sampled, params, given=()):
     """The head with class sampling: the sharded protocol on one process (one shard)."""
     from ._shard import SingleProcess
     from ._shard import head_forward_backward as sharded
@@ -228,9 +274,11 @@ def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, 
     p = check_params(**params)
     check_block_size(block_size)
     embeddings, weights = check_head_inputs(embeddings, weights)
-    check_labels(labels, embeddings.shape[0], weights.shape[0], p.ignore_index)
-    _counts_out(hard_negatives, embeddings.shape[0])
-    destinations = None if out is None else _head_out(out, embeddings, weights)
+    check_labels(labels, embeddings.shape[0], weights.shape[0], p.ignore_index, "embeddings")
+    destinations = None if out is None else _head_out(out, embeddings, weights, given)
+    _counts_out(hard_negatives, embeddings.shape[0],
+                given + (() if destinations is None else (("out[0]", destinations[0], False),
+                                                          ("out[1]", destinations[1], False))))
     loss, grad_embeddings, grad_weights, kept = sharded(
         embeddings, weights, labels, SingleProcess(), sample_rate=sample_rate, seed=seed,
         step=step, block_size=block_size, hard_negatives=hard_negatives, return_sampled=True,

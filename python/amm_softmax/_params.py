@@ -113,26 +113,51 @@ def validate(struct: L.AmmParams) -> None:
         raise ValueError(message)
 
 
+def native_byte_order(a):
+    """`a` itself, or for a float32/float64 ndarray stored in non-native byte order (e.g. '>f4'
+    on a little-endian machine) a native, C-ordered copy of the same values (the library reads
+    native floats; the input is never modified). Anything else is returned unchanged, for the
+    checks to refuse."""
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) \
+            and not a.dtype.isnative:
+        return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    return a
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    """np.asarray(value), with NumPy's refusal of a ragged or odd sequence naming `name`."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name} cannot be converted to an array: {e}") from None
+
+
 def check_cos(cos, name: str = "cos") -> np.ndarray:
-    """A float32/float64 matrix of shape (N, C) with C >= 1 (not copied)."""
+    """A float32/float64 matrix of shape (N, C) with C >= 1 (not copied, unless it is a list or
+    tuple, or in non-native byte order)."""
     if isinstance(cos, (list, tuple)):
-        cos = np.asarray(cos)
+        cos = _as_array(cos, name)
+    cos = native_byte_order(cos)
     _float_matrix(cos, name, " (N, C)")
     if cos.shape[1] < 1:
         raise ValueError(f"{name} must have at least one class (column), got shape {cos.shape}")
     return cos
 
 
-def check_labels(labels, rows: int, classes: int, ignore_index: int) -> np.ndarray:
-    """Integer labels of shape (rows,), each in [0, classes) or equal to ignore_index.
+def check_labels(labels, rows: int, classes: int, ignore_index: int,
+                 rows_of: str = "cos") -> np.ndarray:
+    """Integer labels of shape (rows,), each in [0, classes) or equal to ignore_index; `rows_of`
+    names the input whose rows they label, for the message.
 
-    Returns them as a C-contiguous int64 array (a copy only when the input is not one already).
+    Returns them as a C-contiguous int64 array (a copy only when the input is not one already;
+    any byte order and integer width is converted by value).
     """
-    labels = np.asarray(labels)
+    labels = _as_array(labels, "labels")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.shape != (rows,):
-        raise ValueError(f"labels must have shape ({rows},) to match cos, got {labels.shape}")
+        raise ValueError(f"labels must have shape ({rows},) to match {rows_of}, "
+                         f"got {labels.shape}")
     if labels.dtype.kind == "u" and labels.size and labels.max() > _INT64.max:
         row = int(np.argmax(labels > _INT64.max))
         raise ValueError(f"labels[{row}] = {labels[row]} is out of range: must be in "
@@ -153,7 +178,7 @@ def check_grad_output(grad_output, rows: int, reduction: str) -> np.ndarray:
         raise TypeError(f"grad_output must be a real number or array, got {grad_output!r}")
     try:
         g = np.asarray(grad_output)
-    except Exception as e:  # pragma: no cover - exotic objects
+    except Exception as e:  # a ragged sequence, an object NumPy cannot hold
         raise TypeError(f"grad_output must be a real number or array: {e}") from None
     if g.dtype.kind not in "iuf":
         raise TypeError(f"grad_output must be real (integer or float), got dtype {g.dtype}")
@@ -182,7 +207,8 @@ def _float_matrix(a, name: str, shape: str) -> None:
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
                         f"got {type(a).__name__}")
     if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+        order = " in native byte order" if a.dtype.kind == "f" and not a.dtype.isnative else ""
+        raise TypeError(f"{name} must have dtype float32 or float64{order}, got {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-dimensional{shape}, got shape {a.shape}")
 
