@@ -91,11 +91,16 @@ let package = Package(
         ),
         .target(
             name: "AMMSoftmaxHead",
-            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxKernels", "AMMSoftmaxMath", "COpenBLAS"],
+            dependencies: ["AMMSoftmaxCore", "AMMSoftmaxKernels", "AMMSoftmaxMath", "COpenBLAS",
+                           "COpenBLASGuard"],
             linkerSettings: [.unsafeFlags([
                 "-Xlinker", serialOpenBLAS, "-Xlinker", "--exclude-libs=libopenblas.a",
+                // The archive's buffer pool goes through COpenBLASGuard's lock.
+                "-Xlinker", "--wrap=blas_memory_alloc", "-Xlinker", "--wrap=blas_memory_free",
             ])]
         ),
+        // A lock around that OpenBLAS's buffer pool, which is not safe for concurrent callers.
+        .target(name: "COpenBLASGuard"),
         .systemLibrary(name: "CAMMSoftmax", path: "include"),
         .target(
             name: "AMMSoftmax",

@@ -1,6 +1,7 @@
 import AMMSoftmaxCore
 import AMMSoftmaxMath
 import COpenBLAS
+import COpenBLASGuard
 
 /// The element types whose matrix products OpenBLAS computes: sgemm for Float, dgemm for Double.
 public protocol GEMMScalar: LossScalar {
@@ -47,9 +48,16 @@ extension Double: GEMMScalar {
 /// The OpenBLAS behind `GEMMScalar` is the head's own: Debian's serial build, linked statically
 /// with hidden symbols (Package.swift). Being serial, it never splits a product by a thread
 /// count of its own (which would change the bits), and no setting of an OpenBLAS that other
-/// code in the process uses is ever read or changed. It serialises its buffer pool with a
-/// lock, so the workers may call it at once.
+/// code in the process uses is ever read or changed. Its buffer pool is not safe for
+/// concurrent callers in this build: the link routes it through COpenBLASGuard's lock, so the
+/// workers may call it at once.
 struct ChunkedGEMM<T: GEMMScalar> {
+    init(threads: Int) {
+        // A reference keeps the guard's object in the link (the --wrap targets live there).
+        precondition(amm_blas_memory_guard_linked() == 1)
+        self.threads = threads
+    }
+
     /// Classes per chunk, and embedding columns per chunk: large enough for OpenBLAS to run
     /// near its single-thread peak, small enough to give the workers several chunks (D = 512
     /// makes 4 column chunks). Fixed numbers, never derived from the thread count.

@@ -10,16 +10,12 @@ kind and reduction, num_threads 1, 2 and 0, with and without a hard_negatives ar
 out= destination of the call's own. Every thread reads the same input arrays, which must come
 out unchanged. (The C ABI test, Tests/c/abi_test.c, has a C-level variant.)
 
-A known library defect, found by these tests: the fused head's products run on Debian's serial
-OpenBLAS 0.3.21, linked into the library, whose buffer pool is not thread-safe
+These tests found a library defect, now fixed: the head's products run on Debian's serial
+OpenBLAS 0.3.21, linked into the library, whose buffer pool was not safe for concurrent callers
 (blas_memory_alloc releases its lock before it scans for a free buffer, so two threads calling
-cblas_?gemm at once may be given the same buffer). Concurrent head calls, and a lone head call
-whose workers run products at once, then return wrong values now and then (whole blocks of
-grad_weights off by 1e-2 and more, not rounding). Until the library is fixed, a lost race in
-the head's cases of the main test makes it an expected failure (xfail, saying which calls
-differed) while every other function must still match bit for bit, and
-test_concurrent_head_products_known_defect reproduces the race on purpose (strict xfail: it
-turns red once the library is fixed, to remove the markers).
+cblas_?gemm at once could be handed the same buffer: whole blocks of grad_weights off by 1e-2
+and more). The link now routes the pool through a lock of the library's own
+(Sources/COpenBLASGuard); test_concurrent_head_products reproduces the old race on purpose.
 """
 import itertools
 import random
@@ -43,10 +39,6 @@ REDUCTIONS = ("mean", "sum", "none")
 NUM_THREADS = (1, 2, 0)
 KINDS = ("forward", "backward", "forward_backward", "head", "head_sampled", "shard_cosine",
          "shard_head")
-HEAD_KINDS = ("head", "head_sampled", "shard_head")   # the products on OpenBLAS
-DEFECT = ("library defect: concurrent cblas_?gemm calls on the library's serial OpenBLAS 0.3.21 "
-          "share buffers (blas_memory_alloc scans its pool without the lock), so head results "
-          "differ now and then from a lone call's; see the module docstring")
 
 
 def _problems():
@@ -167,17 +159,10 @@ def test_eight_threads_calling_everything_get_the_bits_of_a_lone_call():
         assert {c["params"]["reduction"] for c in mine} == set(REDUCTIONS)
         assert {c["params"]["num_threads"] for c in mine} == set(NUM_THREADS)
         assert {c["counts"] for c in mine} == {True, False}
-    expected, head_differences = [], []
+    expected = []
     for case in cases:        # alone, on this thread, twice: deterministic
         first, second = run(case, data), run(case, data)
-        if not _same_bits(first, second):
-            # a lone head call's own workers may lose the race of the defect: take the
-            # majority of three
-            assert case["kind"] in HEAD_KINDS, case["name"]
-            head_differences.append(("alone", case["name"]))
-            third = run(case, data)
-            first = first if _same_bits(first, third) else second
-            assert _same_bits(first, third), f"no two of three lone calls agree: {case['name']}"
+        assert _same_bits(first, second), f"two lone calls differ: {case['name']}"
         expected.append(first)
 
     barrier = threading.Barrier(THREADS)
@@ -192,8 +177,7 @@ def test_eight_threads_calling_everything_get_the_bits_of_a_lone_call():
                 got = run(cases[i], data)
                 calls[k] += 1
                 if not _same_bits(got, expected[i]):
-                    where = head_differences if cases[i]["kind"] in HEAD_KINDS else failures
-                    where.append((k, cases[i]["name"]))
+                    failures.append((k, cases[i]["name"]))
         except Exception as e:  # noqa: BLE001 - reported below
             failures.append((k, repr(e)))
 
@@ -206,17 +190,12 @@ def test_eight_threads_calling_everything_get_the_bits_of_a_lone_call():
         for name, a in p.items():
             assert a.tobytes() == snapshot[d][name], f"input {name} was modified"
     print(f"\n{THREADS} threads, {sum(calls)} calls of {len(cases)} kinds in {elapsed:.2f} s")
-    if head_differences:
-        pytest.xfail(f"{DEFECT}: {len(head_differences)} of "
-                     f"{sum(c['kind'] in HEAD_KINDS for c in cases) * THREADS * ROUNDS} head "
-                     f"calls differed, e.g. {head_differences[:3]}")
 
 
-@pytest.mark.xfail(reason=DEFECT, strict=True)
-def test_concurrent_head_products_known_defect():
-    """The defect on purpose: eight threads, each head call with four workers (32 callers of
-    cblas_sgemm at once, small products so that buffers are taken often), for at most 5 s or
-    until a call differs from the lone one (in about 1 call of 300 here)."""
+def test_concurrent_head_products():
+    """The old race on purpose: eight threads, each head call with four workers (32 callers of
+    cblas_sgemm at once, small products so that buffers are taken often), for 5 s; before the
+    fix about 1 call in 300 differed from the lone one."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 32)).astype(np.float32)
     w = rng.standard_normal((2048, 32)).astype(np.float32)

@@ -8,9 +8,9 @@ and the fused head before it forks; one test forks while another thread of the p
 inside a long library call, another forks repeatedly while a thread keeps calling.
 
 The head's calls here use block_size=128 with D <= 128, so that each of its products is one
-cblas_?gemm call at a time: concurrent products on the library's serial OpenBLAS may share a
-buffer (a known library defect, see test_concurrency.py), which must not pass for a fork
-problem. Its workers still run (the per-row work is spread over num_threads).
+cblas_?gemm call at a time, and some a fork in the middle of another thread's head call: the
+lock around the private OpenBLAS's buffer pool (Sources/COpenBLASGuard) is taken across fork,
+so the child never inherits it locked.
 """
 import multiprocessing
 import os
