@@ -43,7 +43,15 @@ def _numpy(t: torch.Tensor, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got device {t.device}")
-    return t.detach().numpy()
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor (layout torch.strided), "
+                        f"got layout {t.layout}")
+    t = t.detach().resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except TypeError:
+        raise TypeError(f"{name} must have dtype float32 or float64 (an integer dtype for "
+                        f"labels), got {t.dtype}") from None
 
 
 def _scale(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -247,7 +255,8 @@ class AMMSoftmaxHead(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ignore_index = self.params.get("ignore_index", -100)
         if self.training and self.sample_rate < 1.0 and \
-                (not isinstance(labels, torch.Tensor) or bool((labels != ignore_index).any())):
+                (not isinstance(labels, torch.Tensor) or labels.device.type != "cpu" or
+                 bool((labels != ignore_index).any())):
             # (A batch with every row ignored takes the exact path: its loss and gradients are
             # 0 either way, and the sampled one would keep no class.)
             record: dict = {}
@@ -259,7 +268,9 @@ class AMMSoftmaxHead(torch.nn.Module):
             self.hard_negatives = record["hard_negatives"]
             self.sampled_classes = record["sampled_classes"]
         else:
-            self.hard_negatives = np.zeros(len(labels), dtype=np.int64)
+            rows = labels.shape[0] if isinstance(labels, torch.Tensor) and labels.dim() == 1 \
+                else 0
+            self.hard_negatives = np.zeros(rows, dtype=np.int64)
             self.sampled_classes = None
             loss = AMMSoftmaxHeadFunction.apply(embeddings, self.weight, labels, self.params,
                                                 self.block_size, self.hard_negatives)

@@ -495,9 +495,6 @@ def test_torch_tensors_off_the_cpu_are_a_value_error(torch, amm_torch):
     assert sampled.step == 0 and head.step == 0
 
 
-@pytest.mark.xfail(reason="torch.py: AMMSoftmaxHead.forward calls bool() on the labels before "
-                          "their device is checked (a RuntimeError on 'meta'): test "
-                          "labels.device.type != 'cpu' first", raises=RuntimeError, strict=False)
 def test_torch_sampled_head_labels_off_the_cpu(torch, amm_torch):
     _, labels = torch_problem(torch)
     sampled = amm_torch.AMMSoftmaxHead(D, C, dtype=torch.float64, sample_rate=0.5)
@@ -561,24 +558,18 @@ def test_torch_layouts_and_dtypes(torch, amm_torch):
 # Expected failures until torch.py's _numpy checks the layout, resolves lazy negation and
 # conjugation, and names the argument when t.numpy() refuses the dtype, and AMMSoftmaxHead.forward
 # sizes its hard-negative counts without len() on the labels (remove the markers then).
-@pytest.mark.xfail(reason="torch.py _numpy: t.numpy() raises torch's 'Got unsupported "
-                          "ScalarType BFloat16', which names no argument", strict=False)
 def test_torch_bfloat16_is_a_type_error_naming_the_argument(torch, amm_torch):
     cos, labels = torch_problem(torch)
     with pytest.raises(TypeError, match=r"^cos .*bfloat16"):
         amm_torch.AMMSoftmaxLoss()(cos.bfloat16(), labels)
 
 
-@pytest.mark.xfail(reason="torch.py _numpy: no layout check; torch's 'can't convert Sparse "
-                          "layout tensor to numpy' names no argument", strict=False)
 def test_torch_sparse_is_a_type_error_naming_the_argument(torch, amm_torch):
     cos, labels = torch_problem(torch)
     with pytest.raises(TypeError, match=r"^cos .*sparse"):
         amm_torch.AMMSoftmaxLoss()(cos.to_sparse(), labels)
 
 
-@pytest.mark.xfail(reason="torch.py _numpy: t.numpy() refuses a tensor with the negative bit; "
-                          "resolve_conj().resolve_neg() first", strict=False)
 def test_torch_negative_view_gives_the_value_it_shows(torch, amm_torch):
     """torch._neg_view (what some ops return lazily) holds -x with a bit set: numpy() refuses
     it; the loss of its values is expected."""
@@ -589,9 +580,6 @@ def test_torch_negative_view_gives_the_value_it_shows(torch, amm_torch):
         amm_softmax.forward(cos.numpy(), labels.numpy())
 
 
-@pytest.mark.xfail(reason="torch.py AMMSoftmaxHead.forward: len(labels) on a 0-d tensor raises "
-                          "torch's 'len() of a 0-d tensor' before the shape check",
-                   raises=TypeError, strict=False)
 def test_torch_head_zero_dimensional_labels(torch, amm_torch):
     head = amm_torch.AMMSoftmaxHead(D, C, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"^labels must have shape \(1,\) to match embeddings, "
