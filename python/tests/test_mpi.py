@@ -546,10 +546,10 @@ def test_bad_input_fails_alike_on_every_rank(run):
 
 def _small_checks(kind, size):
     """The bytes of the checks (amm_softmax.mpi's docstring): the shard layout, the parameters
-    (13 values for the head, 11 for cosine logits, each as v and -v), 7 agreements on
-    errors."""
-    values = 13 if kind == "head" else 11
-    return 16 * size + 8 * 2 * values + 8 * 7
+    (13 values for the head, 11 for cosine logits, each as v and -v), the agreements on
+    errors (8 for the head, whose ranks check their own labels first; 7 for cosine logits)."""
+    values, agreements = (13, 8) if kind == "head" else (11, 7)
+    return 16 * size + 8 * 2 * values + 8 * agreements
 
 
 def head_bytes(n, d, element, size, counts=False, sampled=False):
