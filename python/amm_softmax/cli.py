@@ -8,8 +8,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: amm-softmax train [--data PATH.npz] [--quick] [--epochs E] [--seed S] "
-              "[--out DIR]\n\n  train   train embeddings with each loss and compare them "
-              "(amm-softmax train --help)")
+              "[--out DIR]\n"
+              "                         [--ranks P] [--sample-rate R [R ...]]\n\n"
+              "  train   train embeddings with each loss and compare them; --ranks P trains\n"
+              "          AMM-Softmax sharded by class over P processes (MPI), --sample-rate\n"
+              "          with PartialFC's class sampling (amm-softmax train --help)")
         return 0 if argv else 2
     if argv[0] == "train":
         from .train import main as train

@@ -1,6 +1,8 @@
 """Train embeddings with each loss of the family and compare what the margin and the mining buy.
 
     python -m amm_softmax.train [--data PATH.npz] [--quick] [--epochs E] [--out DIR] [--seed S]
+    python -m amm_softmax.train --ranks P [--sample-rate R ...] [...]
+    python -m amm_softmax.train --sample-rate R [R ...] [...]
     amm-softmax train ...                       (the same, through the installed command)
 
 For each configuration (plain normalised softmax, CosFace, ArcFace, MV-Arc-Softmax, AMM-Softmax)
@@ -23,11 +25,24 @@ labels; a quarter of the identities are held out as unseen). By default both emb
 Writes to --out (default out/train): results.json, results.md (the table), and PNG plots: loss
 curves, ROC curves and angle histograms. Progress bars show each epoch's loss and the fraction of
 negatives mined as hard (counted by the kernels: `hard_negatives=`).
+
+Scaling by class (docs/SCALING.md), on the AMM-Softmax configuration and the NumPy network:
+
+- `--ranks P` relaunches this module under `mpirun --oversubscribe -n P`; each rank holds one
+  shard of the class weights (shard_range) and its own rows of each batch, the head runs
+  through amm_softmax.mpi, the network's gradients are summed over the ranks. It prints the
+  table of one process (the main job's run) and the sharded one, and how far apart they are.
+- `--sample-rate R [R ...]` trains with PartialFC's class sampling at each rate (and 1.0) on
+  the synthetic set (or --data) and tabulates time per epoch and TAR@FAR against the rate; in
+  one process, or over the ranks of --ranks.
+
+Both write --out/sharded.json instead of the main job's outputs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from . import head_forward_backward
+from ._shard import shard_range
 
 CONFIGS = {
     "softmax": dict(target="cos", margin=0.0, hard="none"),
@@ -183,9 +199,12 @@ def tar_at(far, tar, target):
     return float(tar[np.searchsorted(far, target, side="right") - 1])
 
 
-def evaluate(net: Network, split: Split) -> dict:
+def evaluate(net: Network, split: Split, predicted=None) -> dict:
+    """The metrics; `predicted` (the nearest class of each held-out sample) is computed here
+    from net.params["classes"] unless given (a sharded run finds it over its shards)."""
     test_emb = _unit(net.embed(split.x_test)[0])
-    predicted = np.argmax(test_emb @ _unit(net.params["classes"]).T, axis=1)
+    if predicted is None:
+        predicted = np.argmax(test_emb @ _unit(net.params["classes"]).T, axis=1)
     accuracy = float((predicted == split.y_test).mean())
 
     emb = _unit(net.embed(split.x_unseen)[0])
@@ -340,6 +359,384 @@ def table(dataset: str, runs: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------
+# Sharded training (--ranks P) and PartialFC's class sampling (--sample-rate R)
+#
+# The AMM-Softmax configuration on the NumPy network, in PartialFC's layout: every rank holds the
+# whole network (data parallel: the gradients of its parameters are summed over the ranks), one
+# contiguous shard of the class weights, shard_range(C, rank, P), and its own contiguous rows of
+# each batch; the head runs sharded by class (amm_softmax.mpi over MPI; in one process the
+# library's head, whose sample_rate= samples the classes as one rank would). Adam is
+# elementwise, so a rank's update of its shard is the slice of the one-process update; with
+# class sampling only the kept classes' rows and optimiser state move (PartialFC's lazy update
+# of the sampled weights).
+
+SHARDED = "AMM-Softmax"
+NETWORK_KEYS = ("w1", "b1", "w2", "b2")
+
+
+class Group:
+    """The ranks of a sharded run: mpi4py's COMM_WORLD under mpirun, or this process alone."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = 0 if comm is None else comm.Get_rank()
+        self.size = 1 if comm is None else comm.Get_size()
+
+    def head(self, x, w, y, **kw):
+        if self.comm is None:  # one process: the library's head, which samples as one rank would
+            return head_forward_backward(x, w, y, **kw)
+        from .mpi import head_forward_backward as mpi_head
+        return mpi_head(x, w, y, self.comm, **kw)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        if self.comm is None:
+            return values
+        from mpi4py import MPI
+        total = np.empty_like(values)
+        self.comm.Allreduce(np.ascontiguousarray(values), total, op=MPI.SUM)
+        return total
+
+    def gather(self, obj) -> list:
+        return [obj] if self.comm is None else self.comm.allgather(obj)
+
+
+def _adam_rows(net: Network, grad, moments, rows, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Network._adam's update of the class shard, on `rows` only (a slice or the kept rows),
+    at the step net._adam has just counted."""
+    m, v = moments
+    g = grad[rows]
+    m[rows] = b1 * m[rows] + (1 - b1) * g
+    v[rows] = b2 * v[rows] + (1 - b2) * g * g
+    m_hat, v_hat = m[rows] / (1 - b1 ** net.step), v[rows] / (1 - b2 ** net.step)
+    net.params["classes"][rows] -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
+
+
+def sharded_step(net: Network, group: Group, x, y, state: dict, lr, sample_rate, seed):
+    """One step on this rank's rows x, y; returns (loss over every rank's rows, hard negatives
+    and kept classes summed over the ranks, seconds in the head)."""
+    emb, h = net.embed(x)
+    counts = np.zeros(len(y), dtype=np.int64)
+    started = time.perf_counter()
+    loss, g_emb, g_classes, kept = group.head(
+        emb.astype(np.float32), net.params["classes"], y, scale=SCALE, hard_negatives=counts,
+        sample_rate=sample_rate, seed=seed, step=net.step, return_sampled=True,
+        num_threads=state["threads"], **CONFIGS[SHARDED])
+    head_seconds = time.perf_counter() - started
+    g_emb = g_emb.astype(np.float32)
+    grads = {"w2": h.T @ g_emb, "b2": g_emb.sum(0)}
+    g_h = (g_emb @ net.params["w2"].T) * (h > 0)
+    grads["w1"] = x.T @ g_h
+    grads["b1"] = g_h.sum(0)
+    # One allreduce: the network's gradients (data parallel) and two counts for the reports.
+    flat = np.concatenate([grads[k].ravel().astype(np.float64) for k in NETWORK_KEYS] +
+                          [[counts.sum(), kept.size]])
+    flat = group.sum(flat)
+    offset = 0
+    for k in NETWORK_KEYS:
+        size = grads[k].size
+        grads[k] = flat[offset:offset + size].reshape(grads[k].shape).astype(np.float32)
+        offset += size
+    net._adam(grads, lr)
+    rows = slice(None) if sample_rate >= 1.0 else kept - state["start"]
+    _adam_rows(net, g_classes, state["moments"], rows, lr)
+    return float(loss), int(flat[-2]), int(flat[-1]), head_seconds
+
+
+def nearest_class(net: Network, group: Group, start: int, x) -> np.ndarray:
+    """The nearest class weight of each row of x over every shard: each rank its best, then the
+    first rank holding the largest cosine (the lowest class id, as argmax over all would)."""
+    emb = _unit(net.embed(x)[0])
+    cos = emb @ _unit(net.params["classes"]).T
+    if cos.shape[1]:
+        mine = (cos.max(1), start + np.argmax(cos, axis=1))
+    else:  # a rank without classes
+        mine = (np.full(len(x), -np.inf, dtype=cos.dtype), np.zeros(len(x), dtype=np.int64))
+    parts = group.gather(mine)
+    values, ids = np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+    return ids[np.argmax(values, axis=0), np.arange(len(x))]
+
+
+def train_sharded(split: Split, epochs: int, seed: int, group: Group, sample_rate=1.0,
+                  threads=1, batch=128, lr=2e-3, label=None):
+    """train() for the AMM-Softmax configuration, sharded over `group` (the same data order,
+    initial weights and batches as one process); the head runs on `threads` threads (0: all).
+    Returns (net, class_start, report) on every rank; report holds the loss curve, seconds per
+    epoch (all and in the head) and the classes kept per step (mean over the run, summed over
+    the shards)."""
+    rng = np.random.default_rng(seed)
+    classes = int(split.y_train.max()) + 1
+    net = Network.create(split.x_train.shape[1], 128, 32, classes, rng)
+    start, stop = shard_range(classes, group.rank, group.size)
+    net.params["classes"] = net.params["classes"][start:stop].copy()
+    shard = net.params["classes"]
+    state = dict(start=start, moments=(np.zeros_like(shard), np.zeros_like(shard)),
+                 threads=threads)
+    label = label or (SHARDED if group.size == 1 else f"{SHARDED} x{group.size}")
+    curve, epoch_seconds, head_seconds, kept = [], [], [], []
+    for epoch in range(1, epochs + 1):
+        started, in_head = time.perf_counter(), 0.0
+        order = rng.permutation(len(split.y_train))
+        losses = []
+        for first in range(0, len(order), batch):
+            idx = order[first:first + batch]
+            lo, hi = shard_range(len(idx), group.rank, group.size)  # this rank's rows
+            mine = idx[lo:hi]
+            loss, hard, kept_now, seconds = sharded_step(
+                net, group, split.x_train[mine], split.y_train[mine], state, lr, sample_rate,
+                seed)
+            losses.append(loss)
+            in_head += seconds
+            kept.append(kept_now)
+            if group.rank == 0:
+                done = (epoch - 1 + (first + len(idx)) / len(order)) / epochs
+                progress(label, done, epoch, epochs, float(np.mean(losses)),
+                         hard / max(len(idx) * (kept_now - 1), 1))  # of the kept negatives
+        curve.append(float(np.mean(losses)))
+        epoch_seconds.append(time.perf_counter() - started)
+        head_seconds.append(in_head)
+    if group.rank == 0:
+        sys.stdout.write("\n")
+    return net, start, dict(curve=curve, epoch_seconds=epoch_seconds, head_seconds=head_seconds,
+                            kept_per_step=float(np.mean(kept)), classes=classes,
+                            ranks=group.size, sample_rate=sample_rate)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("roc", "intra", "inter")}
+
+
+def _blas_threads(count: int):
+    """A context that limits the BLAS threads of this process (threadpoolctl, which comes with
+    scikit-learn), or does nothing without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(count)
+
+
+def run_jobs(splits: list, jobs: list, epochs: int, seed: int, group: Group,
+             threads: int = 1) -> list:
+    """Each job (data set name, sample rate): train_sharded and evaluate (rank 0 evaluates;
+    every rank takes part in finding the nearest classes), with `threads` BLAS and library
+    threads. Rank 0 returns the reports."""
+    with _blas_threads(threads):
+        return _run_jobs(splits, jobs, epochs, seed, group, threads)
+
+
+def _run_jobs(splits, jobs, epochs, seed, group, threads):
+    by_name = {s.name: s for s in splits}
+    reports = []
+    for name, rate in jobs:
+        split = by_name[name]
+        if group.rank == 0:
+            classes = int(split.y_train.max()) + 1
+            bounds = " ".join(f"[{a}, {b})" for a, b in
+                              (shard_range(classes, r, group.size) for r in range(group.size)))
+            print(f"{name}, {SHARDED}, sample rate {rate:g}: {classes} classes over "
+                  f"{group.size} rank{'s' if group.size > 1 else ''}: {bounds}")
+        net, start, report = train_sharded(split, epochs, seed, group, rate, threads,
+                                           label=None if rate >= 1.0 else f"rate {rate:g}")
+        predicted = nearest_class(net, group, start, split.x_test)
+        if group.rank == 0:
+            report.update(dataset=name, metrics=_scalars(evaluate(net, split, predicted)))
+            reports.append(report)
+    return reports
+
+
+def _worker_argv(args) -> list[str]:
+    argv = ["--seed", str(args.seed), "--epochs", str(args.epochs)]
+    if args.quick:
+        argv.append("--quick")
+    if args.data:
+        argv += ["--data", str(args.data.resolve())]
+    if args.sample_rate:
+        argv += ["--sample-rate", *map(str, args.sample_rate)]
+    return argv
+
+
+def launch_ranks(args) -> list:
+    """Runs this module's sharded jobs under `mpirun --oversubscribe -n P` and returns rank 0's
+    reports."""
+    import shutil
+    import subprocess
+    import tempfile
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise SystemExit("--ranks needs mpirun and mpi4py (Debian: apt-get install openmpi-bin "
+                         "libopenmpi-dev; then pip install mpi4py)")
+    # One core's worth of BLAS threads per rank (P > cores oversubscribes anyway); ranks that
+    # wait in a collective yield their core (the host may be shared).
+    threads = str(_threads(args.ranks))
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH"))
+                                        if p)
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "ranks.json"
+        command = [mpirun, "--oversubscribe", "--bind-to", "none",
+                   "--mca", "mpi_yield_when_idle", "1", "-n", str(args.ranks),
+                   sys.executable, "-m", "amm_softmax.train", "--mpi-worker", str(result),
+                   *_worker_argv(args)]
+        sys.stdout.flush()
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0 or not result.exists():
+            raise SystemExit(f"the sharded run failed (mpirun exit status {done.returncode})")
+        return json.loads(result.read_text())
+
+
+def _jobs(args, splits) -> list:
+    jobs = [(s.name, 1.0) for s in splits] if args.ranks else []
+    for rate in _rates(args):
+        if (splits[-1].name, rate) not in jobs:
+            jobs.append((splits[-1].name, rate))
+    return jobs
+
+
+def _threads(ranks) -> int:
+    """BLAS and library threads of each process of a sharded run: one in a single process (the
+    timings then measure work rather than thread scheduling on a shared host), the cores shared
+    out under mpirun."""
+    return max(1, (os.cpu_count() or 1) // ranks) if ranks else 1
+
+
+def _rates(args) -> list:
+    return sorted({1.0, *args.sample_rate}, reverse=True) if args.sample_rate else []
+
+
+COMPARED = ("identification", "auc", "tar_1e2", "tar_1e3", "intra_angle", "inter_angle")
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b)) if a != b else 0.0
+
+
+def compare_runs(one: dict, sharded: dict) -> dict:
+    """How far a sharded run is from one process: the table's printed cells that differ, the
+    largest relative difference of the metrics (and which), and of every epoch's mean loss."""
+    row = lambda r: table("", {"": r}).splitlines()[-1].split("|")[2:-1]  # noqa: E731
+    cells = list(zip(row(one), row(sharded)))
+    metric = max(COMPARED, key=lambda k: _relative(one["metrics"][k], sharded["metrics"][k]))
+    losses = [_relative(a, b) for a, b in zip(one["curve"], sharded["curve"])]
+    return dict(cells=len(cells), cells_differing=sum(a != b for a, b in cells),
+                metric=metric, metric_one=one["metrics"][metric],
+                metric_sharded=sharded["metrics"][metric],
+                metric_relative=_relative(one["metrics"][metric], sharded["metrics"][metric]),
+                loss_relative=max(losses), first_epoch_loss_relative=losses[0])
+
+
+def _comparison_text(name: str, ranks: int, c: dict, steps: int) -> str:
+    first = c["first_epoch_loss_relative"]
+    text = (f"{name}: {c['cells'] - c['cells_differing']} of {c['cells']} printed cells the same "
+            f"as one process. Every epoch's mean loss within {c['loss_relative']:.2g} "
+            f"(relative; the first epoch's "
+            f"{'identical' if first == 0 else f'within {first:.2g}'}); ")
+    a, b = c["metric_sharded"], c["metric_one"]
+    if c["metric_relative"] == 0.0:
+        text += "every metric identical."
+    else:
+        text += (f"the largest difference of the metrics is in {c['metric']}: {a:.6g} over "
+                 f"{ranks} ranks against {b:.6g} (difference {abs(a - b):.2g}, relative "
+                 f"{c['metric_relative']:.2g}).")
+    return text + (f" Sharding changes only the order of floating-point sums (over shards and "
+                   f"ranks), and {steps} steps of training carry those last bits forward.")
+
+
+def run_scaled(args, splits) -> int:
+    """--ranks and --sample-rate: the sharded runs, their tables and sharded.json."""
+    started = time.perf_counter()
+    jobs = _jobs(args, splits)
+    summary = dict(seed=args.seed, epochs=args.epochs, scale=SCALE, backend="numpy",
+                   config=CONFIGS[SHARDED], ranks=args.ranks or 1)
+    lines = []
+    if args.ranks:
+        singles = {}
+        for split in splits:
+            print(f"{split.name}: {SHARDED} in one process (the main job's run), "
+                  f"{args.epochs} epochs, seed {args.seed}, network in numpy")
+            t0 = time.perf_counter()
+            net, curve = train(split, SHARDED, CONFIGS[SHARDED], args.epochs, args.seed,
+                               "numpy")
+            seconds = (time.perf_counter() - t0) / args.epochs
+            singles[split.name] = dict(curve=curve, metrics=_scalars(evaluate(net, split)),
+                                       seconds_per_epoch=seconds)
+        print(f"\nthe same, sharded over {args.ranks} ranks: mpirun --oversubscribe -n "
+              f"{args.ranks} (this machine has {os.cpu_count()} cores)")
+        reports = launch_ranks(args)
+    else:
+        reports = run_jobs(splits, jobs, args.epochs, args.seed, Group())
+    found = {(r["dataset"], r["sample_rate"]): r for r in reports}
+
+    if args.ranks:
+        summary["comparison"] = {}
+        for split in splits:
+            one, many = singles[split.name], found[(split.name, 1.0)]
+            c = compare_runs(one, many)
+            steps = args.epochs * -(-len(split.y_train) // 128)
+            per_epoch = float(np.mean(many["epoch_seconds"]))
+            lines += [table(f"{split.name}: {SHARDED}, one process", {SHARDED: one}), "",
+                      table(f"{split.name}: {SHARDED}, sharded over {args.ranks} ranks",
+                            {SHARDED: many}), "",
+                      _comparison_text(split.name, args.ranks, c, steps),
+                      f"Time per epoch (mean): {one['seconds_per_epoch']:.3f} s in one process "
+                      f"(BLAS threads as the main job's), {per_epoch:.3f} s over {args.ranks} "
+                      f"ranks ({_threads(args.ranks)} thread(s) each, {os.cpu_count()} cores; "
+                      f"a shared host).", ""]
+            summary["comparison"][split.name] = dict(one_process=one, sharded=many, **c)
+    rates = _rates(args)
+    if rates:
+        split = splits[-1]
+        runs = [found[(split.name, r)] for r in rates]
+        where = f"{args.ranks} ranks" if args.ranks else "one process"
+        lines += [f"**{split.name}: PartialFC's class sampling, {SHARDED}, {runs[0]['classes']} "
+                  f"classes, batch 128, {where}**", "",
+                  "| sample rate | classes per step | time per epoch | of it in the head | "
+                  "loss first -> last epoch | identification | ROC AUC | TAR@FAR=1e-2 | "
+                  "TAR@FAR=1e-3 |", "|" + " --- |" * 9]
+        for r in runs:
+            m = r["metrics"]
+            lines.append(f"| {r['sample_rate']:g} | {r['kept_per_step']:.0f} | "
+                         f"{min(r['epoch_seconds']):.3f} s | "
+                         f"{min(r['head_seconds']):.3f} s | "
+                         f"{r['curve'][0]:.3f} -> {r['curve'][-1]:.3f} | "
+                         f"{m['identification']:.3f} | {m['auc']:.4f} | {m['tar_1e2']:.3f} | "
+                         f"{m['tar_1e3']:.3f} |")
+        lines += ["", "Each step keeps the batch's target classes and, when that is more, "
+                  "floor(rate x classes) classes in all, the others drawn at random (PartialFC); "
+                  "the loss is over the kept classes, so its values are not comparable across "
+                  f"rows. Times are the fastest epoch's (the host is shared), with "
+                  f"{_threads(args.ranks)} BLAS and library thread(s) per process (the main "
+                  f"job's table, on the BLAS's own threads, sums in another order: its last "
+                  f"digits differ)."]
+        if not args.ranks:
+            lines += ["Rate 1 is the exact head in one call; a lower rate runs the sharded "
+                      "protocol's three phases on the kept classes, whose fixed costs can exceed "
+                      "what the skipped classes save at a few hundred classes: sampling pays "
+                      "where the head dominates the step, at many classes "
+                      "(benchmarks/bench_sharded.py)."]
+        summary["sampling"] = runs
+    print("\n" + "\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sharded.json").write_text(json.dumps(summary, indent=1))
+    print(f"\nresults in {args.out / 'sharded.json'} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def mpi_worker(args, splits) -> int:
+    """One rank under mpirun: the jobs, and rank 0 writes the reports to --mpi-worker."""
+    from mpi4py import MPI
+    group = Group(MPI.COMM_WORLD)
+    args.ranks = group.size
+    reports = run_jobs(splits, _jobs(args, splits), args.epochs, args.seed, group,
+                       threads=_threads(group.size))
+    if group.rank == 0:
+        args.mpi_worker.write_text(json.dumps(reports))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="amm-softmax train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="an .npz with x (features) and y (identities)")
@@ -349,7 +746,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/train"))
     ap.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
                     help="the network's framework: torch if importable (auto), else numpy")
+    ap.add_argument("--ranks", type=int, metavar="P",
+                    help="train AMM-Softmax with its head sharded by class over P processes "
+                         "(mpirun --oversubscribe -n P) and compare with one process")
+    ap.add_argument("--sample-rate", type=float, nargs="+", metavar="R",
+                    help="PartialFC's class sampling: train AMM-Softmax at each rate R in "
+                         "(0, 1] (and 1.0) and tabulate time per epoch and TAR@FAR")
+    ap.add_argument("--mpi-worker", type=Path, help=argparse.SUPPRESS)  # one rank of --ranks
     args = ap.parse_args(argv)
+    if args.ranks is not None and args.ranks < 1:
+        ap.error(f"--ranks {args.ranks}: must be >= 1")
+    for rate in args.sample_rate or []:
+        if not 0.0 < rate <= 1.0:
+            ap.error(f"--sample-rate {rate}: must be in (0, 1]")
+    if args.ranks or args.sample_rate or args.mpi_worker:
+        rng = np.random.default_rng(args.seed)
+        splits = ([user_data(args.data, rng)] if args.data else
+                  [digits(rng), synthetic(rng, quick=args.quick)])
+        args.epochs = args.epochs or (4 if args.quick else 30)
+        if args.mpi_worker:
+            return mpi_worker(args, splits)
+        return run_scaled(args, splits)
     if args.backend == "auto":
         try:
             import torch  # noqa: F401

@@ -55,3 +55,61 @@ def test_command_line_entry(tmp_path):
     done = subprocess.run([sys.executable, "-m", "amm_softmax.cli", "train", "--help"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Scaling by class: --ranks (sharded over MPI processes) and --sample-rate (PartialFC)
+
+
+def _mpi_missing() -> str | None:
+    import importlib.util
+    import shutil
+    if shutil.which("mpirun") is None:
+        return "mpirun is not installed"
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed"
+    return None
+
+
+def test_sharded_step_on_one_process_is_the_main_jobs_training_bit_for_bit():
+    """The data-parallel step with the class shard's Adam, on one rank, is train() exactly:
+    the same loss curve and the same weights (the ranks' run differs from it only by the order
+    of sums over ranks)."""
+    sys.path.insert(0, str(PYTHON_DIR))
+    from amm_softmax import train as t
+    split = t.synthetic(np.random.default_rng(0), quick=True)
+    one, curve = t.train(split, t.SHARDED, t.CONFIGS[t.SHARDED], 2, 0, "numpy")
+    sharded, start, report = t.train_sharded(split, 2, 0, t.Group(), threads=0)
+    assert start == 0 and report["curve"] == curve
+    for k, v in one.params.items():
+        assert np.array_equal(v, sharded.params[k]), k
+
+
+@pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+def test_ranks_give_the_single_process_table(tmp_path):
+    out = tmp_path / "o"
+    stdout = run("--quick", "--ranks", "2", "--out", str(out), cwd=tmp_path)
+    summary = json.loads((out / "sharded.json").read_text())
+    assert summary["ranks"] == 2 and set(summary["comparison"]) == {"digits", "synthetic"}
+    for name, c in summary["comparison"].items():
+        assert c["sharded"]["ranks"] == 2
+        assert c["cells_differing"] == 0, (name, c)            # the printed table is the same
+        assert c["loss_relative"] < 1e-5, (name, c)            # every epoch's loss: rounding
+        assert c["metric_relative"] < 1e-4, (name, c)
+        assert f"{name}: 7 of 7 printed cells the same as one process" in stdout
+    assert "sharded over 2 ranks" in stdout and "largest difference" in stdout
+
+
+def test_sample_rate_runs_and_reports(tmp_path):
+    out = tmp_path / "o"
+    stdout = run("--quick", "--sample-rate", "0.5", "--out", str(out), cwd=tmp_path)
+    runs = json.loads((out / "sharded.json").read_text())["sampling"]
+    assert [r["sample_rate"] for r in runs] == [1.0, 0.5]
+    full, half = runs
+    assert full["kept_per_step"] == full["classes"] == 150
+    assert half["kept_per_step"] < full["classes"]            # classes were left out
+    for r in runs:
+        assert r["curve"][-1] < r["curve"][0]
+        assert min(r["epoch_seconds"]) > 0 and 0 <= r["metrics"]["tar_1e3"] <= 1
+    assert "| sample rate | classes per step | time per epoch |" in stdout
+    assert "| 0.5 | " in stdout and "| 1 | 150 |" in stdout
