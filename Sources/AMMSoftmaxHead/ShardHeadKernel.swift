@@ -15,6 +15,8 @@ import AMMSoftmaxMath
 public enum ShardHeadKernel {
     /// Phase 1: the target cosine of each active row whose target is in the shard, 0 for the
     /// others. Checks the embeddings (every active row) and the shard's weights.
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
     public static func targets<T: GEMMScalar>(
         parameters: LossParameters, embeddings: UnsafePointer<T>?, weights: UnsafePointer<T>?,
         rows n: Int, dimension d: Int, shard: ClassShard, labels: UnsafePointer<Int64>?,
