@@ -176,13 +176,17 @@ struct ABITests {
         let mine = lastError
         #expect(mine.contains("scale = 0.0"))
         let seen = ThreadMessages()
+        // The semaphore orders the thread's writes before the reads below (polling isFinished
+        // would not: ThreadSanitizer reports it).
+        let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             seen.before = String(cString: amm_last_error())
             _ = amm_forward_f64(nil, nil, 0, 1, nil, nil)
             seen.after = String(cString: amm_last_error())
+            done.signal()
         }
         thread.start()
-        while !thread.isFinished { usleep(1000) }
+        done.wait()
         #expect(seen.before == "")
         #expect(seen.after == "amm_forward_f64: params is NULL")
         #expect(lastError == mine)

@@ -2475,8 +2475,11 @@ static int same_bytes(const void *copy, const void *now, size_t bytes)
 static int shard_run(int phase, const shard_args *a, int line)
 {
     const size_t es = a->d64 ? sizeof(double) : sizeof(float);
+    /* Only the buffers a valid shard addresses are copied (a refused shard may name more
+       columns than the fixture holds). */
     const int sane = a->n >= 0 && a->n <= 4096 && a->c_local >= 0 && a->c_local <= 4096 &&
-                     a->d >= 0 && a->d <= 4096;
+                     a->d >= 0 && a->d <= 4096 && a->class_start >= 0 &&
+                     a->c_local <= a->c_total - a->class_start;
     const size_t n = sane ? (size_t)a->n : 0, cl = sane ? (size_t)a->c_local : 0;
     const size_t d = sane ? (size_t)a->d : 0;
     size_t ngl = 0;
