@@ -16,16 +16,20 @@ public enum ShardKernels {
     ) throws(LossError) {
         for i in 0..<rows {
             let label = labels![i]
-            guard label != parameters.ignoreIndex, shard.contains(label) else {
+            guard label != parameters.ignoreIndex else {
                 targetCosines![i] = 0
                 continue
             }
-            let value = cos![i * shard.count + Int(label) - shard.start]
-            guard value.isFinite else {
-                throw .nonFiniteCosine(row: i, column: Int(label) - shard.start,
-                                       value: Double(value))
+            // Every phase reports NaN or infinity in the rows that are not ignored.
+            if let row = cos.map({ $0 + i * shard.count }), shard.count > 0,
+               let column = firstNonFinite(row, count: shard.count) {
+                throw .nonFiniteCosine(row: i, column: column, value: Double(row[column]))
             }
-            targetCosines![i] = Double(value)
+            guard shard.contains(label) else {
+                targetCosines![i] = 0
+                continue
+            }
+            targetCosines![i] = Double(cos![i * shard.count + Int(label) - shard.start])
         }
     }
 
@@ -156,9 +160,17 @@ public enum ShardKernels {
                 }
                 let factor = reduction == .none
                     ? (upstream.map { Double($0[i]) } ?? 1) : rowFactor
+                let row = cos! + i * columns
+                // Phase 2 saw this row only if the caller ran it: NaN or infinity is an error
+                // here too, never a NaN in the gradient.
+                if let column = firstNonFinite(row, count: columns) {
+                    failures.record(row: i, worker: worker, .nonFiniteCosine(
+                        row: i, column: column, value: Double(row[column])))
+                    return false
+                }
                 withUnsafePointer(to: st) {
-                    kernels.segment(cos! + i * columns, columns,
-                                    Int(labels![i]) - shard.start, $0, factor, out)
+                    kernels.segment(row, columns, Int(labels![i]) - shard.start, $0, factor,
+                                    out)
                 }
                 if parameters.gradientMayOverflow(T.self, upstream: factor),
                    let column = firstNonFinite(out, count: columns) {

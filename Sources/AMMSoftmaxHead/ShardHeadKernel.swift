@@ -32,11 +32,12 @@ public enum ShardHeadKernel {
                 targetSource: .given(zeros.baseAddress, shard: shard))
             defer { call.release() }
             for i in 0..<n {
-                let column = call.targetColumn(i)
-                guard call.active[i], column >= 0, column < shard.count else {
+                // An ignored row's label may be any value (INT64_MIN, say): never offset it.
+                guard call.active[i], shard.contains(labels![i]) else {
                     targetCosines![i] = 0
                     continue
                 }
+                let column = call.targetColumn(i)
                 targetCosines![i] = HeadCallState<T>.targetCosine(
                     call.xHat + i * d, weights! + column * d, dimension: d)
             }
