@@ -86,8 +86,9 @@ typedef enum amm_status {
     AMM_ERR_NULL_POINTER = 1,   /* a required pointer (params, an input or an output) is NULL   */
     AMM_ERR_SHAPE = 2,          /* n < 0, c < 1, or n * c does not fit in int64_t              */
     AMM_ERR_LABEL = 3,          /* labels[i] is neither in [0, c) nor params->ignore_index     */
-    AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale (also: not finite as
-                                   a float, for _f32), margin, hard_margin,
+    AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale (also, for _f32: not
+                                   finite as a float, or rounding to 0 there), margin,
+                                   hard_margin (also, for _f32: not finite as a float),
                                    an unknown target/hard/reduction value, num_threads < 0, or
                                    struct_size smaller than the amm_params of version 0.1      */
     AMM_ERR_NONFINITE = 5,      /* cos holds a NaN or an infinity in a row that is not ignored,
@@ -95,8 +96,8 @@ typedef enum amm_status {
     AMM_ERR_ALLOC = 6,          /* the library could not allocate its scratch memory            */
     AMM_ERR_INTERNAL = 7,       /* a bug in the library; please report it with the message      */
     AMM_ERR_OVERFLOW = 8        /* an output the element type cannot hold (float: beyond about
-                                   3.4e38): a row's logits s * g(cos), so that its loss is not
-                                   a number; the loss reduced over rows; or a gradient entry
+                                   3.4e38): a row's logits s * f(cos_y) or s * g(cos), so that
+                                   its loss is not a number; the loss reduced over rows; or a gradient entry
                                    (s * |upstream| * df/dc, or the head's division by a norm
                                    near 1e-12). Never an infinity with AMM_OK.               */
 } amm_status;
@@ -138,8 +139,9 @@ enum {
  * Always fill with amm_params_init() and then change the fields you need: that sets struct_size,
  * which lets later versions of the library append fields to this struct and still accept
  * callers compiled against an older header: the fields that the caller's struct_size does not
- * cover take their defaults. This library requires struct_size >= 56 (on 64-bit platforms: the
- * struct of version 0.1, up to ignore_index), and ignores any bytes past the fields it knows.
+ * cover take their defaults (a field it covers only in part is not covered). This library
+ * requires struct_size >= 56 (on 64-bit platforms: the struct of version 0.1, up to
+ * ignore_index), and ignores any bytes past the fields it knows.
  * ------------------------------------------------------------------------------------------- */
 typedef struct amm_params {
     uint32_t struct_size;  /* sizeof(amm_params) as the caller compiled it                        */
@@ -182,8 +184,9 @@ AMM_API uint32_t amm_version_number(void);
    by the head only: the loss functions never read it and accept any value there). Returns AMM_OK, or
    AMM_ERR_NULL_POINTER when p is NULL, or AMM_ERR_PARAM with amm_last_error() naming the
    first field out of its domain and its value, e.g. "amm_params_validate: parameter scale =
-   -1.0 is invalid: must be finite and > 0". The element-type check of the scale (finite as a
-   float for the _f32 functions) is made by those functions, not here. Reads *p only. Since
+   -1.0 is invalid: must be finite and > 0". The element-type checks of the scale and
+   hard_margin (for the _f32 functions: finite as a float, and a scale that does not round to
+   0) are made by those functions, not here. Reads *p only. Since
    0.2.1. Thread-safe. */
 AMM_API int amm_params_validate(const amm_params *p);
 

@@ -26,6 +26,20 @@ struct ABIParameters {
     static let minimumSize = MemoryLayout<amm_params>.offset(of: \amm_params.ignore_index)!
         + MemoryLayout<Int64>.size
 
+    /// The end of every field after the 0.1 ones, in order of offset.
+    private static let laterFieldEnds: [Int] = [
+        MemoryLayout<amm_params>.offset(of: \amm_params.head_block_size)! + MemoryLayout<Int64>.size,
+        MemoryLayout<amm_params>.offset(of: \amm_params.hard_negatives)!
+            + MemoryLayout<UnsafeMutablePointer<Int64>?>.size,
+    ]
+
+    /// How many bytes of the caller's struct to read: up to the end of the last field that
+    /// struct_size covers wholly, so that a field it covers in part keeps its default instead of
+    /// being spliced from the caller's low bytes and the default's high bytes.
+    static func coveredBytes(structSize size: Int) -> Int {
+        laterFieldEnds.last { $0 <= size } ?? minimumSize
+    }
+
     /// The defaults, as `amm_params_init` writes them.
     static var defaults: amm_params {
         let d = LossParameters()
@@ -50,7 +64,7 @@ struct ABIParameters {
         }
         var raw = Self.defaults
         _ = withUnsafeMutableBytes(of: &raw) {
-            memcpy($0.baseAddress!, p, Swift.min(size, $0.count))
+            memcpy($0.baseAddress!, p, Self.coveredBytes(structSize: size))
         }
         guard let target = TargetKind(rawValue: raw.target) else {
             throw ABIError(AMM_ERR_PARAM, "params->target = \(raw.target) is unknown: must be "

@@ -20,7 +20,7 @@ struct HeadCall<T: GEMMScalar> {
         do {
             // The scale's range in T is a parameter check: made with the others, before the
             // shape.
-            try parameters.validateScale(for: T.self)
+            try parameters.validateElementRange(for: T.self)
             try HeadKernel.validateShape(rows: n, dimension: d, classes: c)
         } catch { throw ABIError(error) }
         let rows = Int(n), dimension = Int(d), classes = Int(c)

@@ -20,7 +20,7 @@ struct LossCall<T: LossScalar> {
         let abi = try ABIParameters(reading: params, checkingHeadBlockSize: false)
         let parameters = abi.loss
         // The scale's range in T is a parameter check: made with the others, before the shape.
-        do { try parameters.validateScale(for: T.self) } catch { throw ABIError(error) }
+        do { try parameters.validateElementRange(for: T.self) } catch { throw ABIError(error) }
         let rows = Int(n), columns = Int(c)
         do { try validateShape(rows: rows, classes: columns) } catch { throw ABIError(error) }
 

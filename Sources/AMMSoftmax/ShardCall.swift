@@ -38,7 +38,7 @@ struct ShardCall<T: GEMMScalar> {
                                total: Int(clamping: cTotal))
         let rows = Int(n)
         do {
-            try parameters.validateScale(for: T.self)
+            try parameters.validateElementRange(for: T.self)
             try shard.validate()
             if isHead {
                 // The head's limits apply to the shard's classes (c_local is its c).

@@ -46,7 +46,7 @@ public struct AMMSoftmaxLoss: Sendable {
         cos: [T], labels: [Int64], classes: Int, upstream: [T]?, wantsGradient: Bool
     ) throws(LossError) -> (loss: [T], gradient: [T]) {
         try parameters.validate()
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         let rows = labels.count
         try validateShape(rows: rows, classes: classes)
         guard cos.count == rows * classes else {

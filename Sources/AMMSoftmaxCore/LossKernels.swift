@@ -58,7 +58,7 @@ public enum LossKernels {
         parameters: LossParameters, cos: UnsafePointer<T>?, rows: Int, columns: Int,
         labels: UnsafePointer<Int64>?, outputs: Outputs<T>, streamingThreshold: Int
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         let pass = try LossPass<T>(
             parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
             outputs: outputs, streamingThreshold: streamingThreshold)

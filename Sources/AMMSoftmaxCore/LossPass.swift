@@ -65,12 +65,15 @@ struct LossPass<T: LossScalar> {
 
         let workers = RowParallel.workerCount(rows: rows, columns: columns,
                                               threads: parameters.numThreads)
+        // Per-row scratch only where there are rows: n = 0 is valid with any c, up to Int.max.
+        let rowWorkers = rows > 0 ? workers : 0
         rowLosses = try arena.buffer(Double.self, count: rows)
         failures = try arena.buffer((row: Int, error: LossError)?.self, count: workers)
         failures.initialize(repeating: nil)
-        references = try arena.buffer(T.self, count: workers * blocksPerRow)
+        references = try arena.buffer(T.self, count: try scratchCount(rowWorkers, blocksPerRow))
         statistics = try arena.buffer(RowStatistics<T>.self, count: workers)
-        scratch = try arena.buffer(T.self, count: streaming ? 2 * workers * columns : 0)
+        scratch = try arena.buffer(
+            T.self, count: streaming ? try scratchCount(2 * rowWorkers, columns) : 0)
         streams = try arena.buffer(GradientStream<T>.self, count: workers)
         streamState = try arena.buffer((pending: Bool, next: Int).self, count: workers)
         streamState.initialize(repeating: (false, 0))
@@ -161,4 +164,12 @@ struct LossPass<T: LossScalar> {
                                 reduction: parameters.reduction, counted: countedRows,
                                 into: loss)
     }
+}
+
+/// a * b elements of scratch, or `.allocation` when the product does not fit an Int (it could
+/// never be allocated).
+private func scratchCount(_ a: Int, _ b: Int) throws(LossError) -> Int {
+    let (count, overflow) = a.multipliedReportingOverflow(by: b)
+    guard !overflow else { throw .allocation(bytes: Int.max) }
+    return count
 }

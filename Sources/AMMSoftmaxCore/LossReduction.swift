@@ -1,3 +1,5 @@
+import AMMSoftmaxKernels
+
 /// The reduction of per-row losses (Double) into the caller's loss of element type T, shared by
 /// every path, so that a value the element type cannot hold is the same error everywhere.
 package enum LossReduction {
@@ -29,10 +31,8 @@ package enum LossReduction {
     }
 }
 
-/// The index of the first NaN or infinity among `count` values, if any (a plain scan: for the
-/// rare outputs that may overflow).
-package func firstNonFinite<T: BinaryFloatingPoint>(_ values: UnsafePointer<T>, count: Int)
-    -> Int?
-{
-    (0..<count).first { !values[$0].isFinite }
+/// The index of the first NaN or infinity among `count` values, if any.
+@inlinable
+package func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int) -> Int? {
+    NonFiniteScan.first(values, count: count)
 }

@@ -29,7 +29,8 @@ public enum ShardKernels {
                 targetCosines![i] = 0
                 continue
             }
-            targetCosines![i] = Double(cos![i * shard.count + Int(label) - shard.start])
+            // The column first: i * count + label can overflow where the shard ends near Int.max.
+            targetCosines![i] = Double(cos![i * shard.count + (Int(label) - shard.start)])
         }
     }
 
@@ -49,7 +50,7 @@ public enum ShardKernels {
         rowMax: UnsafeMutablePointer<Double>?, rowSum: UnsafeMutablePointer<Double>?,
         hardNegatives: UnsafeMutablePointer<Int64>? = nil
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         try validateTargets(targetCosines, rows: rows, labels: labels,
                             ignoreIndex: parameters.ignoreIndex)
         let kernels = RowKernels<T>()
@@ -124,7 +125,7 @@ public enum ShardKernels {
         upstream: UnsafePointer<T>?, loss: UnsafeMutablePointer<T>?,
         gradient: UnsafeMutablePointer<T>?
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         try validateTargets(targetCosines, rows: rows, labels: labels,
                             ignoreIndex: parameters.ignoreIndex)
         try validateGlobalStatistics(globalMax: globalMax, globalSum: globalSum, rows: rows,
@@ -172,8 +173,9 @@ public enum ShardKernels {
                     kernels.segment(row, columns, Int(labels![i]) - shard.start, $0, factor,
                                     out)
                 }
-                if parameters.gradientMayOverflow(T.self, upstream: factor),
-                   let column = firstNonFinite(out, count: columns) {
+                // Always checked: p_j <= 1 holds only if the caller's global statistics are
+                // those of phase 2, which this phase cannot verify.
+                if let column = firstNonFinite(out, count: columns) {
                     failures.record(row: i, worker: worker,
                                     .outputOverflow("grad_cos[\(i), \(column)]", T.self))
                     return false

@@ -95,7 +95,7 @@ public enum HeadKernel {
         gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil,
         keepBudget keep: Int = keepBudget
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
             let call = try HeadCallState<T>(
                 parameters: parameters, embeddings: embeddings, weights: weights, rows: n,
@@ -116,33 +116,21 @@ public enum HeadKernel {
         }
     }
 
-    /// The index of the first NaN or infinity among `count` values, if any: a vector pass that
-    /// sums v - v (NaN exactly when some v is not finite) over fixed chunks spread over the
-    /// workers, then a scalar search of the first chunk that has one.
+    /// The index of the first NaN or infinity among `count` values, if any: `NonFiniteScan`
+    /// over fixed chunks spread over the workers, the lowest chunk's finding winning.
     static func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int,
                                               threads: Int) -> Int? {
         let chunk = 1 << 20
         let chunks = (count + chunk - 1) / chunk
-        let flagged = UnsafeMutableBufferPointer<Bool>.allocate(capacity: Swift.max(chunks, 1))
-        defer { flagged.deallocate() }
-        RowParallel.forEachItem(count: chunks, threads: threads) { index in
-            let start = index * chunk
-            let size = Swift.min(chunk, count - start)
-            let width = T.Vector.scalarCount
-            let part = values + start
-            var nanCheck = T.Vector()
-            var k = 0
-            while k + width <= size {
-                let v = UnsafeRawPointer(part + k).loadUnaligned(as: T.Vector.self)
-                nanCheck += v - v
-                k += width
+        var found = [Int?](repeating: nil, count: chunks)
+        found.withUnsafeMutableBufferPointer { found in
+            RowParallel.forEachItem(count: chunks, threads: threads) { index in
+                let start = index * chunk
+                found[index] = NonFiniteScan.first(values + start,
+                                                   count: Swift.min(chunk, count - start))
+                    .map { start + $0 }
             }
-            var tail: T = 0
-            while k < size { tail += part[k] - part[k]; k += 1 }
-            flagged[index] = nanCheck.sum().isNaN || tail.isNaN
         }
-        guard let first = (0..<chunks).first(where: { flagged[$0] }) else { return nil }
-        let start = first * chunk
-        return (start..<Swift.min(count, start + chunk)).first { !values[$0].isFinite }
+        return found.lazy.compactMap { $0 }.first
     }
 }

@@ -128,9 +128,17 @@ struct HeadCallState<T: GEMMScalar> {
     /// c_y = <x^_i, W_y> / max(||W_y||, floor): a row's target cosine by an indexed dot product.
     static func targetCosine(_ xHatRow: UnsafePointer<T>, _ weightRow: UnsafePointer<T>,
                              dimension d: Int) -> Double {
-        let inverse = 1 / Swift.max(RowNormalization.norm(weightRow, dimension: d)!,
-                                    RowNormalization.floor)
-        return RowNormalization.dot(xHatRow, weightRow, count: d) * inverse
+        let norm = RowNormalization.norm(weightRow, dimension: d)!
+        let inverse = 1 / Swift.max(norm, RowNormalization.floor)
+        let product = RowNormalization.dot(xHatRow, weightRow, count: d)
+        if product.isFinite { return product * inverse }
+        // A row near Double's largest value: <x^, W_y> overflows although the cosine does not,
+        // so the row is scaled by a power of two (exact) first, as its norm was.
+        let largest = (0..<d).reduce(0.0) { Swift.max($0, Swift.abs(Double(weightRow[$1]))) }
+        let scale = Double(sign: .plus, exponent: -largest.exponent, significand: 1)
+        var scaled = 0.0
+        for k in 0..<d { scaled += Double(xHatRow[k]) * (Double(weightRow[k]) * scale) }
+        return scaled / (norm * scale)
     }
 
     /// The column of row i's target among this call's classes (outside [0, c) if another shard

@@ -22,7 +22,7 @@ public enum ShardHeadKernel {
         rows n: Int, dimension d: Int, shard: ClassShard, labels: UnsafePointer<Int64>?,
         into targetCosines: UnsafeMutablePointer<Double>?
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         // The targets are not known yet: the accumulators this builds are never used.
         let placeholder = [Double](repeating: 0, count: n)
         try placeholder.withUnsafeBufferPointer { (zeros) throws(LossError) in
@@ -56,7 +56,7 @@ public enum ShardHeadKernel {
         rowMax: UnsafeMutablePointer<Double>?, rowSum: UnsafeMutablePointer<Double>?,
         hardNegatives: UnsafeMutablePointer<Int64>? = nil
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         try ShardKernels.validateTargets(targetCosines, rows: n, labels: labels,
                                          ignoreIndex: parameters.ignoreIndex)
         do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
@@ -103,7 +103,7 @@ public enum ShardHeadKernel {
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
         gradWeights: UnsafeMutablePointer<T>?
     ) throws(LossError) {
-        try parameters.validateScale(for: T.self)
+        try parameters.validateElementRange(for: T.self)
         try ShardKernels.validateTargets(targetCosines, rows: n, labels: labels,
                                          ignoreIndex: parameters.ignoreIndex)
         try ShardKernels.validateGlobalStatistics(

@@ -37,7 +37,10 @@ public enum RowKernel<T: LossScalar> {
 
     /// The number of blocks a row of `columns` elements has (the size of `blockReferences`).
     @inlinable
-    public static func blockCount(columns: Int) -> Int { (columns + blockSize - 1) / blockSize }
+    public static func blockCount(columns: Int) -> Int {
+        // Rounded up without forming columns + blockSize - 1, which overflows near Int.max.
+        columns / blockSize + (columns % blockSize == 0 ? 0 : 1)
+    }
 
     @inlinable @inline(__always)
     static var width: Int { T.Vector.scalarCount }
@@ -254,7 +257,10 @@ public struct RowStatistics<T: LossScalar> {
 
     /// logsumexp(z) - z_y, computed as log1p when the target holds the maximum (a
     /// well-classified row), where it keeps relative precision in a tiny loss.
+    /// Infinite when the target logit s f(c_y) is beyond Double's range: every caller reports
+    /// such a row as overflowing (.overflow), instead of its gradient, inf - inf, being NaN.
     @inlinable public var loss: Double {
+        guard targetLogit.isFinite else { return .infinity }
         if targetLogit >= maximum { return Double.log(onePlus: negativeSum) }
         return Double.log(total) + maximum - targetLogit
     }

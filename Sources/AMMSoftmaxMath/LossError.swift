@@ -14,8 +14,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
     /// The upstream gradient (called `name` by the caller's API) holds NaN or infinity at
     /// `index`.
     case nonFiniteGradOutput(name: String, index: Int, value: Double)
-    /// The logits of `row` overflow the element type (s g(cos) beyond its largest finite value,
-    /// about 3.4e38 for Float), so that its loss is not a number.
+    /// The logits of `row` overflow the element type (s f(c_y) or s g(c_j) beyond its largest
+    /// finite value, about 3.4e38 for Float), so that its loss is not a number.
     case overflow(row: Int, elementType: String, largest: Double)
     /// `name[index]`, an entry of a per-row input (the sharded phases' target cosines and
     /// global statistics), is outside its domain.
@@ -42,7 +42,8 @@ public enum LossError: Error, Equatable, CustomStringConvertible {
         case let .nonFiniteGradOutput(name, index, value):
             return "\(name)[\(index)] = \(value) is not finite"
         case let .overflow(row, type, largest):
-            return "the logits of row \(row) overflow \(type): scale * g(cos) exceeds \(largest); "
+            return "the logits of row \(row) overflow \(type): scale * f(cos_y) or "
+                + "scale * g(cos_j) exceeds \(largest); "
                 + "lower scale, or bring cos into [-1, 1]"
         case let .invalidEntry(name, index, value, requirement):
             return "\(name)[\(index)] = \(value) is invalid: must be \(requirement)"

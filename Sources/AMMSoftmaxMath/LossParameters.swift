@@ -37,13 +37,27 @@ public struct LossParameters: Sendable, Equatable {
         self.numThreads = numThreads
     }
 
-    /// Checks that the scale is finite in the element type T (a Double scale beyond Float's
-    /// range would make every Float logit infinite).
-    public func validateScale<T: LossScalar>(for _: T.Type) throws(LossError) {
-        guard T(scale).isFinite else {
-            throw .parameter(name: "scale", value: "\(scale)",
-                             requirement: "finite in \(T.self) (at most \(T.greatestFiniteMagnitude))")
+    /// Checks that the scale and the hard margin are finite in the element type T, and that the
+    /// scale does not round to 0 there: a Double scale beyond Float's range would make every
+    /// Float logit infinite, and a weight t beyond it makes MV's t c + t - 1 NaN (inf - inf) for
+    /// c < 0, a logit that would be dropped. Then no logit s g can be NaN.
+    public func validateElementRange<T: LossScalar>(for _: T.Type) throws(LossError) {
+        let largest = "at most \(T.greatestFiniteMagnitude)"
+        // A scale that rounds to 0 would make 0 * inf = NaN of a logit g beyond T's range.
+        guard T(scale).isFinite, T(scale) > 0 else {
+            throw .parameter(name: "scale", value: "\(scale)", requirement: "finite and > 0 "
+                             + "in \(T.self) (\(largest), at least \(T.leastNonzeroMagnitude))")
         }
+        guard T(hardMargin).isFinite else {
+            throw .parameter(name: "hard_margin", value: "\(hardMargin)",
+                             requirement: "finite in \(T.self) (\(largest))")
+        }
+    }
+
+    /// The name of `validateElementRange(for:)` before 0.3, when it checked the scale alone.
+    @available(*, deprecated, renamed: "validateElementRange(for:)")
+    public func validateScale<T: LossScalar>(for type: T.Type) throws(LossError) {
+        try validateElementRange(for: type)
     }
 
     /// An upper bound on |df/dc| and |dg/dc| over every cosine (at least 1, the easy

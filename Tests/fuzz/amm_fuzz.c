@@ -43,7 +43,6 @@
  * Output: the first few failures of each kind in detail, a count of the failures by kind, then
  * the last line "N calls, M failures". Exit status 0 when M == 0, 1 otherwise, 2 on a usage
  * error; a crash in the library prints the call in progress ("CRASH: ...") first.
- * Built with -DAMM_FUZZ_SKIP_KNOWN it skips the inputs of the crashes reported in README.md.
  */
 #define _DEFAULT_SOURCE
 
@@ -777,7 +776,7 @@ static int row_ignored(const call_t *k, const eff_t *e, int64_t i)
 typedef struct {
     unsigned mask;          /* acceptable statuses */
     int reads;              /* the call may read the arrays (it gets past the pointers) */
-    const char *pname[3];   /* a PARAM of the params stage names one of these */
+    const char *pname[4];   /* a PARAM of the params stage names one of these */
     int npname;
     int64_t bad_label_row;  /* a LABEL error names this row */
     int safe;               /* no output can overflow: AMM_ERR_OVERFLOW is not acceptable */
@@ -785,7 +784,9 @@ typedef struct {
     int exact_single;       /* the mask holds one status, decided by validation */
 } oracle_t;
 
-static int finite_f32_scale(double s) { return fabs(s) < FLT_OVERFLOW_D; }
+/* The header: for _f32, the scale must be finite and nonzero as a float, hard_margin finite. */
+static int finite_f32(double v) { return fabs(v) < FLT_OVERFLOW_D; }
+static int finite_f32_scale(double s) { return finite_f32(s) && (float)s != 0.0f; }
 
 /* The parameter stage. Returns 1 when it fails (certainly), filling the names it may give;
    sets *amb when a value lies where the header can be read both ways (m == the double pi). */
@@ -813,6 +814,11 @@ static int params_fail(const eff_t *e, int f32, int check_block, oracle_t *o, in
     if (!first && check_block && e->head_block_size < 0) first = "head_block_size";
     int f32bad = f32 && isfinite(e->scale) && e->scale > 0 && !finite_f32_scale(e->scale);
     if (f32bad) o->pname[o->npname++] = "scale";
+    /* The header: for _f32, hard_margin too must be finite as a float. */
+    int f32bad_t = f32 && isfinite(e->hard_margin) && e->hard_margin >= 0 &&
+                   !finite_f32(e->hard_margin);
+    if (f32bad_t) o->pname[o->npname++] = "hard_margin";
+    f32bad = f32bad || f32bad_t;
     if (first) o->pname[o->npname++] = first;
     if (*amb) o->pname[o->npname++] = "margin";
     return first != NULL || f32bad;
@@ -1808,18 +1814,6 @@ static void compare_rerun(call_t *k, unsigned char **saved, int status2, const c
 /* Runs a prepared call (layout done, values set): oracle, call, checks. Returns the status. */
 static int run_call(call_t *k)
 {
-#ifdef AMM_FUZZ_SKIP_KNOWN
-    /* Developer aid, off by default (the test never defines it): skips the inputs of the
-       library defects that crash the process (README.md, "Defects found"), so that a long run
-       can look for others while they are open. */
-    if ((k->ps.struct_size > 64 && k->ps.struct_size < 72) ||                   /* defect 1 */
-        ((k->fam == FAM_BWD || k->fam == FAM_FB) && k->n == 0 &&
-         k->c > (INT64_C(1) << 50)) ||                                          /* defect 2 */
-        (k->fam == FAM_ST && k->cs > (INT64_C(1) << 62))) {                     /* defect 3 */
-        k->status = -1;
-        return -1;
-    }
-#endif
     oracle_t o;
     oracle(k, &o);
     force_early_failure(k, &o);

@@ -90,7 +90,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             params, vp, vp, i64, i64, i64, vp, vp, vp, vp]
         for kind in ("forward", "backward", "forward_backward", "head_forward_backward"):
             getattr(lib, f"amm_{kind}_{suffix}").restype = ctypes.c_int
-    dp = ctypes.POINTER(ctypes.c_double)
     lib.amm_shard_rescale_sums.argtypes = [i64, vp, vp, vp]
     lib.amm_shard_rescale_sums.restype = ctypes.c_int
     for suffix in ("f32", "f64"):
@@ -110,7 +109,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         for phase in ("target", "statistics", "gradient"):
             getattr(lib, f"amm_shard_{phase}_{suffix}").restype = ctypes.c_int
             getattr(lib, f"amm_shard_head_{phase}_{suffix}").restype = ctypes.c_int
-    del dp
     return lib
 
 

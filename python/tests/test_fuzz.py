@@ -141,14 +141,6 @@ def test_fuzz_driver_usage(fuzz_driver):
     assert run(binary, "1", "10", "--bogus", timeout=60).returncode == 2
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open library defects the fuzzer found (issue 'Hardened' stays open until they are fixed; "
-    "Tests/fuzz/README.md has a reproducer for each): struct_size 57-71 splices partly covered "
-    "fields; n = 0 with c = INT64_MAX overflows the scratch size; amm_shard_target's index "
-    "overflows at the top of int64; f32 with hard_margin beyond float range and f64 with a "
-    "target logit beyond double range return AMM_OK with wrong or NaN results; "
-    "amm_shard_gradient trusts inconsistent global statistics; the head's target dot product "
-    "overflows for weight rows near DBL_MAX"))
 def test_fuzz_c_interface(fuzz_driver):
     """FUZZ_SEEDS x FUZZ_CALLS fuzzed calls, no failure."""
     binary, sanitized = fuzz_driver
