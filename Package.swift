@@ -56,6 +56,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "CVectorMath"),
+        .target(name: "CHalfPrecision"),
         .target(
             name: "AMMSoftmaxMath",
             dependencies: [.product(name: "RealModule", package: "swift-numerics"), "CVectorMath"]
@@ -83,7 +84,7 @@ let package = Package(
         .target(name: "CPlatform", linkerSettings: [.linkedLibrary("dl")]),
         .target(
             name: "AMMSoftmaxCore",
-            dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform"]
+            dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform", "CHalfPrecision"]
         ),
         .systemLibrary(
             name: "COpenBLAS", path: "Sources/COpenBLAS",

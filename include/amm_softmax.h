@@ -118,12 +118,28 @@ enum {
 };
 
 /* Negative logit g(c_j) of a hard negative (cos[i, j] > f(c_y)); t = params->hard_margin,
-   finite and >= 0. Easy negatives always have g = c_j. */
+   finite and >= 0 (any finite value for AMM_HARD_CURRICULAR). Easy negatives always have
+   g = c_j. */
 enum {
     AMM_HARD_AMM = 0,          /* AMM-Softmax: g = cos(max(theta_j - t, 0))                    */
     AMM_HARD_MV_FIXED = 1,     /* MV-Softmax, fixed weight: g = t * c_j + t - 1                */
     AMM_HARD_MV_ADAPTIVE = 2,  /* MV-Softmax, adaptive weight: g = (t + 1) * c_j + t           */
-    AMM_HARD_NONE = 3          /* no re-weighting: g = c_j (plain ArcFace / CosFace)          */
+    AMM_HARD_NONE = 3,         /* no re-weighting: g = c_j (plain ArcFace / CosFace)          */
+    AMM_HARD_CURRICULAR = 4    /* CurricularFace: g = c_j * (t + c_j), dg/dc = t + 2 c_j. t is
+                                  the caller's moving average of the target cosine, updated
+                                  before each step: t = 0.01 * mean_i(c_{i,y_i}) + 0.99 * t over
+                                  the rows that are not ignored, starting at 0 (the mean from
+                                  params->target_cosines of the same inputs, or computed).
+                                  Since 0.3.                                                   */
+};
+
+/* What the backward pass takes for the margins' derivatives (params->margin_gradient). Since 0.3. */
+enum {
+    AMM_MARGIN_GRADIENT_EXACT = 0,            /* df/dc_y and dg/dc_j of the formulation         */
+    AMM_MARGIN_GRADIENT_STRAIGHT_THROUGH = 1  /* every df/dc and dg/dc taken as 1: the forward
+                                                 values are unchanged and dloss_i/dcos_ij =
+                                                 s (p_ij - [j == y_i]), insightface's
+                                                 CombinedMarginLoss (margin under no_grad)      */
 };
 
 /* How the per-row losses are combined. */
@@ -162,10 +178,20 @@ typedef struct amm_params {
                                  0 for ignored rows). The caller owns the n values (and must
                                  not hand the same array to calls running at the same time);
                                  NULL skips the count, which costs a pass over each row.      */
+    /* Since 0.3: */
+    int32_t  margin_gradient; /* AMM_MARGIN_GRADIENT_*. Default AMM_MARGIN_GRADIENT_EXACT.    */
+    double  *target_cosines;  /* optional OUTPUT, NULL by default: when not NULL,
+                                 amm_forward_*, amm_backward_*, amm_forward_backward_* and
+                                 amm_head_forward_backward_* write here, for each of the n
+                                 rows, its raw target cosine c_{i,y_i} (the cosine given, widened
+                                 exactly to double; the head's cosine of x_i and W_{y_i}); 0 for
+                                 ignored rows. Ownership as for hard_negatives. The sharded
+                                 phases do not write it (phase 1 computes these values).      */
 } amm_params;
 
 /* Fills *p with the defaults of docs/FORMULATION.md (s = 64, m = 0.5, t = 0.2, arc, amm, mean,
-   num_threads = 0, ignore_index = -100; head_block_size = 0, hard_negatives = NULL) and sets
+   num_threads = 0, ignore_index = -100; head_block_size = 0, hard_negatives = NULL;
+   margin_gradient = AMM_MARGIN_GRADIENT_EXACT, target_cosines = NULL) and sets
    p->struct_size = sizeof(amm_params).
    Does nothing when p is NULL. Thread-safe. */
 AMM_API void amm_params_init(amm_params *p);
@@ -250,6 +276,34 @@ AMM_API int amm_forward_backward_f32(const amm_params *p, const float *cos, int6
                                      const int64_t *labels, float *loss, float *grad_cos);
 AMM_API int amm_forward_backward_f64(const amm_params *p, const double *cos, int64_t n, int64_t c,
                                      const int64_t *labels, double *loss, double *grad_cos);
+
+/* ---------------------------------------------------------------------------------------------
+ * Half precision (since 0.3)
+ *
+ * The three functions above for cosines stored in 16 bits: bfloat16 (_bf16) or IEEE binary16
+ * (_f16), each value in a uint16_t in the machine's byte order. Each element is widened exactly
+ * to float on read and computed as the _f32 path computes it (per-row quantities and the
+ * reduction in double; the parameter checks of _f32, scale and hard_margin finite as a float).
+ * The loss and grad_loss are float; each grad_cos element is rounded to the storage type, to
+ * nearest with ties to even. An element that rounds beyond the storage type's range (bf16:
+ * about 3.39e38; f16: 65504, reached e.g. by s * df/dc at a target with cos = 1) is
+ * AMM_ERR_OVERFLOW naming grad_cos[i, j], never an infinity. Validation, threading and
+ * ownership as above; the per-row outputs of params (hard_negatives, target_cosines) too.
+ * ------------------------------------------------------------------------------------------- */
+AMM_API int amm_forward_bf16(const amm_params *p, const uint16_t *cos, int64_t n, int64_t c,
+                             const int64_t *labels, float *loss);
+AMM_API int amm_backward_bf16(const amm_params *p, const uint16_t *cos, int64_t n, int64_t c,
+                              const int64_t *labels, const float *grad_loss, uint16_t *grad_cos);
+AMM_API int amm_forward_backward_bf16(const amm_params *p, const uint16_t *cos, int64_t n,
+                                      int64_t c, const int64_t *labels, float *loss,
+                                      uint16_t *grad_cos);
+AMM_API int amm_forward_f16(const amm_params *p, const uint16_t *cos, int64_t n, int64_t c,
+                            const int64_t *labels, float *loss);
+AMM_API int amm_backward_f16(const amm_params *p, const uint16_t *cos, int64_t n, int64_t c,
+                             const int64_t *labels, const float *grad_loss, uint16_t *grad_cos);
+AMM_API int amm_forward_backward_f16(const amm_params *p, const uint16_t *cos, int64_t n,
+                                     int64_t c, const int64_t *labels, float *loss,
+                                     uint16_t *grad_cos);
 
 /* ---------------------------------------------------------------------------------------------
  * The fused head (since 0.2)

@@ -19,6 +19,8 @@ struct ABIParameters {
     let headBlockSize: Int
     /// Where to write each row's number of hard negatives, if the caller asked.
     let hardNegatives: UnsafeMutablePointer<Int64>?
+    /// Where to write each row's target cosine, if the caller asked (since 0.3).
+    let targetCosines: UnsafeMutablePointer<Double>?
 
     /// The size of version 0.1's amm_params (up to and including ignore_index): the smallest
     /// struct_size this library accepts. Later fields take their defaults when the caller's
@@ -31,6 +33,10 @@ struct ABIParameters {
         MemoryLayout<amm_params>.offset(of: \amm_params.head_block_size)! + MemoryLayout<Int64>.size,
         MemoryLayout<amm_params>.offset(of: \amm_params.hard_negatives)!
             + MemoryLayout<UnsafeMutablePointer<Int64>?>.size,
+        MemoryLayout<amm_params>.offset(of: \amm_params.margin_gradient)!
+            + MemoryLayout<Int32>.size,
+        MemoryLayout<amm_params>.offset(of: \amm_params.target_cosines)!
+            + MemoryLayout<UnsafeMutablePointer<Double>?>.size,
     ]
 
     /// How many bytes of the caller's struct to read: up to the end of the last field that
@@ -48,7 +54,7 @@ struct ABIParameters {
             margin: d.margin, hard_margin: d.hardMargin, target: d.target.rawValue,
             hard: d.hard.rawValue, reduction: d.reduction.rawValue,
             num_threads: Int32(d.numThreads), ignore_index: d.ignoreIndex, head_block_size: 0,
-            hard_negatives: nil)
+            hard_negatives: nil, margin_gradient: d.marginGradient.rawValue, target_cosines: nil)
     }
 
     /// Reads `*p` as far as its struct_size reaches (later fields keep their defaults), then
@@ -72,22 +78,28 @@ struct ABIParameters {
         }
         guard let hard = HardKind(rawValue: raw.hard) else {
             throw ABIError(AMM_ERR_PARAM, "params->hard = \(raw.hard) is unknown: must be "
-                + "AMM_HARD_AMM (0), AMM_HARD_MV_FIXED (1), AMM_HARD_MV_ADAPTIVE (2) "
-                + "or AMM_HARD_NONE (3)")
+                + "AMM_HARD_AMM (0), AMM_HARD_MV_FIXED (1), AMM_HARD_MV_ADAPTIVE (2), "
+                + "AMM_HARD_NONE (3) or AMM_HARD_CURRICULAR (4)")
         }
         guard let reduction = Reduction(rawValue: raw.reduction) else {
             throw ABIError(AMM_ERR_PARAM, "params->reduction = \(raw.reduction) is unknown: must "
                 + "be AMM_REDUCTION_MEAN (0), AMM_REDUCTION_SUM (1) or AMM_REDUCTION_NONE (2)")
         }
+        guard let marginGradient = MarginGradient(rawValue: raw.margin_gradient) else {
+            throw ABIError(AMM_ERR_PARAM, "params->margin_gradient = \(raw.margin_gradient) is "
+                + "unknown: must be AMM_MARGIN_GRADIENT_EXACT (0) or "
+                + "AMM_MARGIN_GRADIENT_STRAIGHT_THROUGH (1)")
+        }
         loss = LossParameters(
             scale: raw.scale, margin: raw.margin, hardMargin: raw.hard_margin, target: target,
             hard: hard, reduction: reduction, ignoreIndex: raw.ignore_index,
-            numThreads: Int(raw.num_threads))
+            numThreads: Int(raw.num_threads), marginGradient: marginGradient)
         do {
             try loss.validate()
             if checkingHeadBlockSize { try HeadKernel.validateBlockSize(raw.head_block_size) }
         } catch { throw ABIError(error) }
         headBlockSize = Int(raw.head_block_size)
         hardNegatives = raw.hard_negatives
+        targetCosines = raw.target_cosines
     }
 }

@@ -121,6 +121,80 @@ public func ammForwardBackwardF64(
     }
 }
 
+// MARK: - bf16 (16-bit storage, computed in f32)
+
+@_cdecl("amm_forward_bf16")
+public func ammForwardBF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_forward_bf16") { () throws(ABIError) in
+        try HalfLossCall(mode: .forward, format: .bfloat16, params: p, cos: cos, n: n, c: c,
+                         labels: labels, loss: loss).run()
+    }
+}
+
+@_cdecl("amm_backward_bf16")
+public func ammBackwardBF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ gradLoss: UnsafePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<UInt16>?
+) -> Int32 {
+    reportingStatus("amm_backward_bf16") { () throws(ABIError) in
+        try HalfLossCall(mode: .backward, format: .bfloat16, params: p, cos: cos, n: n, c: c,
+                         labels: labels, gradLoss: gradLoss, gradCos: gradCos).run()
+    }
+}
+
+@_cdecl("amm_forward_backward_bf16")
+public func ammForwardBackwardBF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<UInt16>?
+) -> Int32 {
+    reportingStatus("amm_forward_backward_bf16") { () throws(ABIError) in
+        try HalfLossCall(mode: .forwardBackward, format: .bfloat16, params: p, cos: cos, n: n,
+                         c: c, labels: labels, loss: loss, gradCos: gradCos).run()
+    }
+}
+
+// MARK: - f16 (16-bit storage, computed in f32)
+
+@_cdecl("amm_forward_f16")
+public func ammForwardF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?
+) -> Int32 {
+    reportingStatus("amm_forward_f16") { () throws(ABIError) in
+        try HalfLossCall(mode: .forward, format: .float16, params: p, cos: cos, n: n, c: c,
+                         labels: labels, loss: loss).run()
+    }
+}
+
+@_cdecl("amm_backward_f16")
+public func ammBackwardF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ gradLoss: UnsafePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<UInt16>?
+) -> Int32 {
+    reportingStatus("amm_backward_f16") { () throws(ABIError) in
+        try HalfLossCall(mode: .backward, format: .float16, params: p, cos: cos, n: n, c: c,
+                         labels: labels, gradLoss: gradLoss, gradCos: gradCos).run()
+    }
+}
+
+@_cdecl("amm_forward_backward_f16")
+public func ammForwardBackwardF16(
+    _ p: UnsafePointer<amm_params>?, _ cos: UnsafePointer<UInt16>?, _ n: Int64, _ c: Int64,
+    _ labels: UnsafePointer<Int64>?, _ loss: UnsafeMutablePointer<Float>?,
+    _ gradCos: UnsafeMutablePointer<UInt16>?
+) -> Int32 {
+    reportingStatus("amm_forward_backward_f16") { () throws(ABIError) in
+        try HalfLossCall(mode: .forwardBackward, format: .float16, params: p, cos: cos, n: n,
+                         c: c, labels: labels, loss: loss, gradCos: gradCos).run()
+    }
+}
+
 // MARK: - The fused head
 
 @_cdecl("amm_head_forward_backward_f32")

@@ -38,7 +38,8 @@ struct HeadCall<T: GEMMScalar> {
                 parameters: parameters, blockSize: abi.headBlockSize, embeddings: embeddings,
                 weights: weights, rows: rows, dimension: dimension, classes: classes,
                 labels: labels, loss: loss, gradEmbeddings: gradEmbeddings,
-                gradWeights: gradWeights!, hardNegatives: abi.hardNegatives)
+                gradWeights: gradWeights!, hardNegatives: abi.hardNegatives,
+                targetCosines: abi.targetCosines)
         } catch { throw ABIError(error) }
     }
 }

@@ -17,14 +17,18 @@ public enum LossKernels {
         /// N counts of the negatives mined as hard in each row (0 for ignored rows); nil to
         /// skip counting.
         public var hardNegatives: UnsafeMutablePointer<Int64>?
+        /// N target cosines c_{i,y_i}, widened to Double (0 for ignored rows); nil to skip.
+        public var targetCosines: UnsafeMutablePointer<Double>?
 
         public init(loss: UnsafeMutablePointer<T>? = nil, gradient: UnsafeMutablePointer<T>? = nil,
                     upstream: UnsafePointer<T>? = nil,
-                    hardNegatives: UnsafeMutablePointer<Int64>? = nil) {
+                    hardNegatives: UnsafeMutablePointer<Int64>? = nil,
+                    targetCosines: UnsafeMutablePointer<Double>? = nil) {
             self.loss = loss
             self.gradient = gradient
             self.upstream = upstream
             self.hardNegatives = hardNegatives
+            self.targetCosines = targetCosines
         }
     }
 
@@ -70,5 +74,12 @@ public enum LossKernels {
         }
         if let error = pass.firstFailure { throw error }
         try pass.reduceLosses()
+        if let targetCosines = outputs.targetCosines {
+            for i in 0..<rows {
+                let label = labels![i]
+                targetCosines[i] = label == parameters.ignoreIndex
+                    ? 0 : Double(cos![i * columns + Int(label)])
+            }
+        }
     }
 }

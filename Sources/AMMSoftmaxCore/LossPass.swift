@@ -70,10 +70,11 @@ struct LossPass<T: LossScalar> {
         rowLosses = try arena.buffer(Double.self, count: rows)
         failures = try arena.buffer((row: Int, error: LossError)?.self, count: workers)
         failures.initialize(repeating: nil)
-        references = try arena.buffer(T.self, count: try scratchCount(rowWorkers, blocksPerRow))
+        references = try arena.buffer(
+            T.self, count: try ScratchArena.count(rowWorkers, times: blocksPerRow))
         statistics = try arena.buffer(RowStatistics<T>.self, count: workers)
         scratch = try arena.buffer(
-            T.self, count: streaming ? try scratchCount(2 * rowWorkers, columns) : 0)
+            T.self, count: streaming ? try ScratchArena.count(2 * rowWorkers, times: columns) : 0)
         streams = try arena.buffer(GradientStream<T>.self, count: workers)
         streamState = try arena.buffer((pending: Bool, next: Int).self, count: workers)
         streamState.initialize(repeating: (false, 0))
@@ -166,10 +167,3 @@ struct LossPass<T: LossScalar> {
     }
 }
 
-/// a * b elements of scratch, or `.allocation` when the product does not fit an Int (it could
-/// never be allocated).
-private func scratchCount(_ a: Int, _ b: Int) throws(LossError) -> Int {
-    let (count, overflow) = a.multipliedReportingOverflow(by: b)
-    guard !overflow else { throw .allocation(bytes: Int.max) }
-    return count
-}

@@ -27,6 +27,14 @@ package final class ScratchArena {
         return raw.bindMemory(to: T.self, capacity: Swift.max(count, 1))
     }
 
+    /// a * b elements, or `.allocation` when the product does not fit an Int (such a buffer
+    /// could never be had).
+    package static func count(_ a: Int, times b: Int) throws(LossError) -> Int {
+        let (count, overflow) = a.multipliedReportingOverflow(by: b)
+        guard !overflow else { throw .allocation(bytes: Int.max) }
+        return count
+    }
+
     /// A buffer of `count` values, as `allocate` makes it.
     package func buffer<T>(_: T.Type, count: Int) throws(LossError)
         -> UnsafeMutableBufferPointer<T>

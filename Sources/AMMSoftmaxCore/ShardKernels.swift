@@ -194,11 +194,9 @@ public enum ShardKernels {
     package static func accumulatorOf<T: LossScalar>(
         _ parameters: LossParameters, _: T.Type, targetCosine: Double, countsHardNegatives: Bool
     ) -> RowAccumulator<T> {
-        let target = TargetLogit(cosine: targetCosine, kind: parameters.target,
-                                 margin: parameters.margin)
+        let target = TargetLogit(cosine: targetCosine, parameters: parameters)
         return RowAccumulator(
-            negatives: NegativeLogit<T>(kind: parameters.hard, hardMargin: parameters.hardMargin,
-                                        target: target),
+            negatives: NegativeLogit<T>(parameters, target: target),
             scale: T(parameters.scale), countsHardNegatives: countsHardNegatives)
     }
 
@@ -216,10 +214,8 @@ public enum ShardKernels {
                 statistics.append(nil)
                 continue
             }
-            let target = TargetLogit(cosine: targetCosines![i], kind: parameters.target,
-                                     margin: parameters.margin)
-            let negatives = NegativeLogit<T>(kind: parameters.hard,
-                                             hardMargin: parameters.hardMargin, target: target)
+            let target = TargetLogit(cosine: targetCosines![i], parameters: parameters)
+            let negatives = NegativeLogit<T>(parameters, target: target)
             let st = RowStatistics(target: target, negatives: negatives, scale: parameters.scale,
                                    negativeMaximum: T(globalMax![i]),
                                    negativeSum: globalSum![i])

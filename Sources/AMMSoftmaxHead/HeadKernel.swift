@@ -77,7 +77,8 @@ public enum HeadKernel {
     }
 
     /// Computes the loss and both gradients (and, if `hardNegatives` is given, each row's
-    /// number of negatives mined as hard; 0 for ignored rows).
+    /// number of negatives mined as hard; if `targetCosines` is, each row's target cosine; 0 for
+    /// ignored rows).
     ///
     /// - Precondition: parameters, shape (`validateShape`) and labels are valid; pointers are
     ///   valid for their sizes (nil only for zero elements).
@@ -93,7 +94,7 @@ public enum HeadKernel {
         rows n: Int, dimension d: Int, classes c: Int, labels: UnsafePointer<Int64>?,
         loss: UnsafeMutablePointer<T>?, gradEmbeddings: UnsafeMutablePointer<T>?,
         gradWeights: UnsafeMutablePointer<T>, hardNegatives: UnsafeMutablePointer<Int64>? = nil,
-        keepBudget keep: Int = keepBudget
+        targetCosines: UnsafeMutablePointer<Double>? = nil, keepBudget keep: Int = keepBudget
     ) throws(LossError) {
         try parameters.validateElementRange(for: T.self)
         do {  // the products run on the private, single-threaded OpenBLAS (GEMM.swift)
@@ -113,6 +114,7 @@ public enum HeadKernel {
                                           dimension: d, gradient: gradEmbeddings)
             }
             try call.checkGradients(embeddings: gradEmbeddings, weights: gradWeights)
+            targetCosines?.update(from: call.targetCosines, count: n)
         }
     }
 

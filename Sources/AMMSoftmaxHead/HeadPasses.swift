@@ -23,6 +23,8 @@ struct HeadCallState<T: GEMMScalar> {
     let xNorms: UnsafeMutablePointer<Double>
     /// Each active row's target logit and mining threshold (nil for ignored rows).
     let targets: [TargetLogit?]
+    /// Each row's target cosine c_{i,y_i} (0 for ignored rows).
+    let targetCosines: [Double]
     /// Each active row's running log-sum-exp, in raw storage so that the dispatched kernels
     /// can take a pointer to one; only the active rows are initialised (a plain value type).
     let accumulators: UnsafeMutablePointer<RowAccumulator<T>>
@@ -87,6 +89,7 @@ struct HeadCallState<T: GEMMScalar> {
 
         let scale = T(parameters.scale)
         var targets = [TargetLogit?](repeating: nil, count: n)
+        var targetCosines = [Double](repeating: 0, count: n)
         for i in 0..<n where active[i] {
             let cosine: Double
             switch targetSource {
@@ -96,15 +99,15 @@ struct HeadCallState<T: GEMMScalar> {
             case .given(let cosines, _):
                 cosine = cosines![i]
             }
-            let target = TargetLogit(cosine: cosine, kind: parameters.target,
-                                     margin: parameters.margin)
+            let target = TargetLogit(cosine: cosine, parameters: parameters)
             targets[i] = target
+            targetCosines[i] = cosine
             (accumulators + i).initialize(to: RowAccumulator(
-                negatives: NegativeLogit<T>(kind: parameters.hard,
-                                            hardMargin: parameters.hardMargin, target: target),
+                negatives: NegativeLogit<T>(parameters, target: target),
                 scale: scale, countsHardNegatives: hardNegatives != nil))
         }
         self.targets = targets
+        self.targetCosines = targetCosines
     }
 
     /// Checks the gradients a call wrote: an entry beyond T's range (possible only for huge

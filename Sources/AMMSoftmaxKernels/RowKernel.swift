@@ -86,10 +86,8 @@ public enum RowKernel<T: LossScalar> {
         defer { stream?.pointee.finish() }
         let cy = row[y]
         guard cy.isFinite else { return .failure(firstNonFinite(row, columns: columns)) }
-        let target = TargetLogit(cosine: Double(cy), kind: parameters.target,
-                                 margin: parameters.margin)
-        let negatives = NegativeLogit<T>(kind: parameters.hard,
-                                         hardMargin: parameters.hardMargin, target: target)
+        let target = TargetLogit(cosine: Double(cy), parameters: parameters)
+        let negatives = NegativeLogit<T>(parameters, target: target)
         var accumulator = RowAccumulator(negatives: negatives, scale: T(parameters.scale),
                                          countsHardNegatives: countHardNegatives)
         // scratch: one block for the logits (loss alone) or for dg/dc (with a gradient).

@@ -6,13 +6,16 @@ import RealModule
 /// - AMM-Softmax: `target: .arc, hard: .amm` (the default);
 /// - ArcFace: `target: .arc, hard: .none`; CosFace: `target: .cos, hard: .none`;
 /// - MV-Arc-Softmax: `target: .arc, hard: .mvFixed, hardMargin: 1.12...1.2`;
-///   MV-AM-Softmax: `target: .cos, hard: .mvFixed`.
+///   MV-AM-Softmax: `target: .cos, hard: .mvFixed`;
+/// - CurricularFace: `target: .arc, hard: .curricular, hardMargin: t` (t the caller's moving
+///   average, `CurricularFace.updated(t:targetCosines:)`).
 public struct LossParameters: Sendable, Equatable {
     /// s: the logit scale. Finite and > 0.
     public var scale: Double
     /// m: the target margin. For `.arc`, an angle in [0, pi); for `.cos`, any finite value.
     public var margin: Double
-    /// t: the hard-negative margin, finite and >= 0 (an angle for `.amm`, a weight for `.mv*`).
+    /// t: the hard-negative margin, finite and >= 0 (an angle for `.amm`, a weight for `.mv*`);
+    /// for `.curricular`, CurricularFace's adaptive t, any finite value.
     public var hardMargin: Double
     public var target: TargetKind
     public var hard: HardKind
@@ -21,11 +24,14 @@ public struct LossParameters: Sendable, Equatable {
     public var ignoreIndex: Int64
     /// Worker threads for one call; 0 means one per core. Results do not depend on it.
     public var numThreads: Int
+    /// Whether the backward pass sees the margins (`.exact`) or takes every df/dc and dg/dc as 1
+    /// (`.straightThrough`, insightface's CombinedMarginLoss). The forward values are the same.
+    public var marginGradient: MarginGradient
 
     public init(
         scale: Double = 64, margin: Double = 0.5, hardMargin: Double = 0.2,
         target: TargetKind = .arc, hard: HardKind = .amm, reduction: Reduction = .mean,
-        ignoreIndex: Int64 = -100, numThreads: Int = 0
+        ignoreIndex: Int64 = -100, numThreads: Int = 0, marginGradient: MarginGradient = .exact
     ) {
         self.scale = scale
         self.margin = margin
@@ -35,6 +41,7 @@ public struct LossParameters: Sendable, Equatable {
         self.reduction = reduction
         self.ignoreIndex = ignoreIndex
         self.numThreads = numThreads
+        self.marginGradient = marginGradient
     }
 
     /// Checks that the scale and the hard margin are finite in the element type T, and that the
@@ -64,6 +71,7 @@ public struct LossParameters: Sendable, Equatable {
     /// negatives'): with p_j <= 1, no gradient entry exceeds scale * |upstream| * this, so a
     /// row whose bound stays below an element type's range cannot overflow it.
     public var derivativeBound: Double {
+        guard marginGradient == .exact else { return 1 }
         let floor = Angles.sinFloor
         let target = self.target == .arc
             ? Swift.abs(Double.cos(margin)) + Swift.abs(Double.sin(margin)) / floor : 1
@@ -72,6 +80,7 @@ public struct LossParameters: Sendable, Equatable {
         case .amm: hard = Swift.abs(Double.cos(hardMargin)) + Swift.abs(Double.sin(hardMargin)) / floor
         case .mvFixed: hard = Swift.abs(hardMargin)
         case .mvAdaptive: hard = Swift.abs(hardMargin + 1)
+        case .curricular: hard = Swift.abs(hardMargin) + 2
         case .none: hard = 1
         }
         return Swift.max(1, target, hard)
@@ -100,9 +109,16 @@ public struct LossParameters: Sendable, Equatable {
                 throw .parameter(name: "margin", value: "\(margin)", requirement: "finite")
             }
         }
-        guard hardMargin.isFinite, hardMargin >= 0 else {
-            throw .parameter(name: "hard_margin", value: "\(hardMargin)",
-                             requirement: "finite and >= 0")
+        if hard == .curricular {
+            guard hardMargin.isFinite else {
+                throw .parameter(name: "hard_margin", value: "\(hardMargin)",
+                                 requirement: "finite (hard 'curricular')")
+            }
+        } else {
+            guard hardMargin.isFinite, hardMargin >= 0 else {
+                throw .parameter(name: "hard_margin", value: "\(hardMargin)",
+                                 requirement: "finite and >= 0")
+            }
         }
         guard numThreads >= 0 else {
             throw .parameter(name: "num_threads", value: "\(numThreads)", requirement: ">= 0")
@@ -129,6 +145,17 @@ public enum HardKind: Int32, Sendable, CaseIterable {
     case mvAdaptive = 2
     /// No re-weighting: g = c_j.
     case none = 3
+    /// CurricularFace: g = c_j (t + c_j), with t its adaptive estimate of the mean target cosine.
+    case curricular = 4
+}
+
+/// What the backward pass takes for the margins' derivatives df/dc_y and dg/dc_j.
+public enum MarginGradient: Int32, Sendable, CaseIterable {
+    /// The derivatives of the formulation.
+    case exact = 0
+    /// Every df/dc and dg/dc taken as 1: dloss_i/dcos_ij = s (p_ij - [j == y_i]), the margin a
+    /// constant offset as insightface's CombinedMarginLoss applies it (under no_grad).
+    case straightThrough = 1
 }
 
 /// How per-row losses combine into the result.

@@ -17,20 +17,36 @@ public struct NegativeLogit<T: LossScalar> {
     public let threshold: T
     /// For amm: cos(t), sin(t), and the largest T below cos(t) (theta_j > t  <=>  c~_j < cos t).
     @usableFromInline let cosT: T, sinT: T, angleBound: T
-    /// For mv-fixed and mv-adaptive: the slope and the offset of the linear map.
+    /// For mv-fixed and mv-adaptive: the slope and the offset of the linear map; for curricular,
+    /// t in `slope` (g = c (t + c)).
     @usableFromInline let slope: T, offset: T
+    /// The straight-through margin gradient: dg/dc = 1 for every negative.
+    public let unitDerivative: Bool
 
-    public init(kind: HardKind, hardMargin t: Double, target: TargetLogit) {
+    public init(kind: HardKind, hardMargin t: Double, target: TargetLogit,
+                marginGradient: MarginGradient = .exact) {
         self.kind = kind
+        unitDerivative = marginGradient == .straightThrough
         threshold = T.largest(notAbove: target.value)
-        cosT = T(Double.cos(t))
-        sinT = T(Double.sin(t))
-        angleBound = T.largest(below: Double.cos(t))
+        // theta_j <= pi, so a margin t >= pi leaves max(theta_j - t, 0) = 0 for every negative:
+        // the identity below holds only where cos is monotone, so t is taken at most pi.
+        let angle = Swift.min(t, Double.pi)
+        cosT = T(Double.cos(angle))
+        sinT = T(Double.sin(angle))
+        angleBound = T.largest(below: Double.cos(angle))
         switch kind {
         case .mvFixed: slope = T(t); offset = T(t - 1)
         case .mvAdaptive: slope = T(t + 1); offset = T(t)
+        case .curricular: slope = T(t); offset = 0
         case .amm, .none: slope = 1; offset = 0
         }
+    }
+
+    /// The negative logit of `parameters` (its hard kind, t and margin gradient) for a row whose
+    /// target logit is `target`.
+    public init(_ parameters: LossParameters, target: TargetLogit) {
+        self.init(kind: parameters.hard, hardMargin: parameters.hardMargin, target: target,
+                  marginGradient: parameters.marginGradient)
     }
 
     // MARK: One value (used at row tails and to locate errors)
@@ -83,6 +99,9 @@ public struct NegativeLogit<T: LossScalar> {
         case .mvFixed, .mvAdaptive:
             let g = c * T.Vector(repeating: slope) + T.Vector(repeating: offset)
             return T.vectorSelect(c, greaterThan: T.Vector(repeating: threshold), g, c)
+        case .curricular:
+            let g = c * (T.Vector(repeating: slope) + c)
+            return T.vectorSelect(c, greaterThan: T.Vector(repeating: threshold), g, c)
         case .none:
             return c
         }
@@ -94,6 +113,7 @@ public struct NegativeLogit<T: LossScalar> {
     public func minedValuesAndDerivatives(_ c: T.Vector)
         -> (value: T.Vector, derivative: T.Vector)
     {
+        if unitDerivative { return (minedValues(c), T.Vector(repeating: 1)) }
         switch kind {
         case .amm:
             return T.vectorAMMNegativeAndDerivative(
@@ -105,6 +125,11 @@ public struct NegativeLogit<T: LossScalar> {
             return (T.vectorSelect(c, greaterThan: threshold, g, c),
                     T.vectorSelect(c, greaterThan: threshold, T.Vector(repeating: slope),
                                    T.Vector(repeating: 1)))
+        case .curricular:
+            let threshold = T.Vector(repeating: self.threshold)
+            let t = T.Vector(repeating: slope)
+            return (T.vectorSelect(c, greaterThan: threshold, c * (t + c), c),
+                    T.vectorSelect(c, greaterThan: threshold, t + (c + c), T.Vector(repeating: 1)))
         case .none:
             return (c, T.Vector(repeating: 1))
         }

@@ -8,14 +8,21 @@ public struct TargetLogit: Sendable {
     /// f(c_y), before the scale.
     public let value: Double
     /// df/dc_y.
-    public let derivative: Double
+    public private(set) var derivative: Double
 
     /// - Parameters:
     ///   - cy: the target cosine, finite (not clamped: the clamp is applied where an angle is
     ///     taken, as docs/FORMULATION.md says).
     ///   - kind: arc or cos.
     ///   - margin: m, already validated for `kind`.
-    public init(cosine cy: Double, kind: TargetKind, margin m: Double) {
+    ///   - marginGradient: `.straightThrough` takes df/dc_y as 1 (the value is unchanged).
+    public init(cosine cy: Double, kind: TargetKind, margin m: Double,
+                marginGradient: MarginGradient = .exact) {
+        self.init(exactCosine: cy, kind: kind, margin: m)
+        if marginGradient == .straightThrough { derivative = 1 }
+    }
+
+    private init(exactCosine cy: Double, kind: TargetKind, margin m: Double) {
         switch kind {
         case .cos:
             value = cy - m
@@ -35,5 +42,10 @@ public struct TargetLogit: Sendable {
                 derivative = 1
             }
         }
+    }
+
+    /// The target logit of `parameters` (its target kind, margin and margin gradient).
+    public init(cosine cy: Double, parameters p: LossParameters) {
+        self.init(cosine: cy, kind: p.target, margin: p.margin, marginGradient: p.marginGradient)
     }
 }

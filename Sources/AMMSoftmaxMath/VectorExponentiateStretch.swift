@@ -30,6 +30,7 @@ extension NegativeLogit {
         switch kind {
         case .amm: return Int32(AMM_MINING_AMM)
         case .mvFixed, .mvAdaptive: return Int32(AMM_MINING_LINEAR)
+        case .curricular: return Int32(AMM_MINING_CURRICULAR)
         case .none: return Int32(AMM_MINING_NONE)
         }
     }
@@ -44,8 +45,9 @@ extension NegativeLogit where T == Float {
         weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy<Float>? = nil
     ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
         var mining = amm_mining_f32(
-            kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
-            ceiling: Float(1 / Angles.sinFloor), slope: slope, offset: offset)
+            kind: miningKind, unit_slope: unitDerivative ? 1 : 0, threshold: threshold,
+            cos_t: cosT, sin_t: sinT, bound: angleBound, ceiling: Float(1 / Angles.sinFloor),
+            slope: slope, offset: offset)
         var out = amm_stretch_f32()
         amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted,
                                      copy?.from, copy?.to, copy?.count ?? 0, &out)
@@ -68,8 +70,9 @@ extension NegativeLogit where T == Double {
         weighted: UnsafeMutablePointer<Double>?, copy: StretchCopy<Double>? = nil
     ) -> (nanCheck: SIMD8<Double>, maximum: SIMD8<Double>, sum: Double, copied: Int) {
         var mining = amm_mining_f64(
-            kind: miningKind, threshold: threshold, cos_t: cosT, sin_t: sinT, bound: angleBound,
-            ceiling: 1 / Angles.sinFloor, slope: slope, offset: offset)
+            kind: miningKind, unit_slope: unitDerivative ? 1 : 0, threshold: threshold,
+            cos_t: cosT, sin_t: sinT, bound: angleBound, ceiling: 1 / Angles.sinFloor,
+            slope: slope, offset: offset)
         var out = amm_stretch_f64()
         amm_exponentiate_stretch_f64(cosines, count, scale, reference, &mining, weighted,
                                      copy?.from, copy?.to, copy?.count ?? 0, &out)

@@ -36,9 +36,14 @@ struct KernelReferenceTests {
 
     @Test(arguments: allVariants.flatMap { v in Reduction.allCases.map { (v.0, v.1, $0) } })
     func doubleMatchesLiteralReference(target: TargetKind, hard: HardKind, reduction: Reduction) throws {
-        for (scale, margin, t) in [(64.0, 0.5, 0.2), (30.0, 0.35, 1.2), (1.0, 2.9, 0.0), (64.0, 0.0, 0.5)] {
+        let settings = [(64.0, 0.5, 0.2), (30.0, 0.35, 1.2), (1.0, 2.9, 0.0), (64.0, 0.0, 0.5),
+                        (8.0, 0.5, 3.5)]
+        for (scale, margin, t, marginGradient) in settings.flatMap({ v in
+            MarginGradient.allCases.map { (v.0, v.1, v.2, $0) }
+        }) {
             let p = LossParameters(scale: scale, margin: margin, hardMargin: t,
-                                   target: target, hard: hard, reduction: reduction)
+                                   target: target, hard: hard, reduction: reduction,
+                                   marginGradient: marginGradient)
             let classes = 13
             let (cos, labels, _) = Self.mixedInputs(p, classes: classes, seed: 7)
             let expected = LiteralReference(p: p).forwardBackward(cos: cos, labels: labels, classes: classes)

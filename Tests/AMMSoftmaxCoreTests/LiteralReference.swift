@@ -13,6 +13,11 @@ struct LiteralReference {
     }
 
     func target(_ cy: Double) -> (f: Double, df: Double) {
+        let (f, df) = exactTarget(cy)
+        return (f, p.marginGradient == .exact ? df : 1)
+    }
+
+    func exactTarget(_ cy: Double) -> (f: Double, df: Double) {
         let m = p.margin
         switch p.target {
         case .cos: return (cy - m, 1)
@@ -24,6 +29,11 @@ struct LiteralReference {
     }
 
     func negative(_ c: Double, hard: Bool) -> (g: Double, dg: Double) {
+        let (g, dg) = exactNegative(c, hard: hard)
+        return (g, p.marginGradient == .exact ? dg : 1)
+    }
+
+    func exactNegative(_ c: Double, hard: Bool) -> (g: Double, dg: Double) {
         guard hard else { return (c, 1) }
         let t = p.hardMargin
         switch p.hard {
@@ -32,6 +42,7 @@ struct LiteralReference {
             return (cos(max(theta - t, 0)), theta > t ? cos(t) - sin(t) * cc / s : 0)
         case .mvFixed: return (t * c + t - 1, t)
         case .mvAdaptive: return ((t + 1) * c + t, t + 1)
+        case .curricular: return (c * (t + c), t + 2 * c)
         case .none: return (c, 1)
         }
     }

@@ -409,13 +409,19 @@ static void test_layout_and_constants(void)
     }
     CHECK(AMM_TARGET_ARC == 0 && AMM_TARGET_COS == 1, "target codes");
     CHECK(AMM_HARD_AMM == 0 && AMM_HARD_MV_FIXED == 1 && AMM_HARD_MV_ADAPTIVE == 2 &&
-              AMM_HARD_NONE == 3,
+              AMM_HARD_NONE == 3 && AMM_HARD_CURRICULAR == 4,
           "hard codes");
+    CHECK(AMM_MARGIN_GRADIENT_EXACT == 0 && AMM_MARGIN_GRADIENT_STRAIGHT_THROUGH == 1,
+          "margin gradient codes");
     CHECK(AMM_REDUCTION_MEAN == 0 && AMM_REDUCTION_SUM == 1 && AMM_REDUCTION_NONE == 2,
           "reduction codes");
-    /* Version 0.1's struct ends at ignore_index (56 bytes); 0.2 appends head_block_size. */
-    CHECK(sizeof(amm_params) == 72, "sizeof(amm_params) = %zu, version 0.2 has 72",
+    /* Version 0.1's struct ends at ignore_index (56 bytes); 0.2 appends head_block_size and
+       hard_negatives (72), 0.3 margin_gradient and target_cosines (88). */
+    CHECK(sizeof(amm_params) == 88, "sizeof(amm_params) = %zu, version 0.3 has 88",
           sizeof(amm_params));
+    CHECK(offsetof(amm_params, margin_gradient) == 72 &&
+              offsetof(amm_params, target_cosines) == 80,
+          "0.3's fields follow hard_negatives");
     CHECK(offsetof(amm_params, hard_negatives) == 64, "hard_negatives follows head_block_size");
     CHECK(offsetof(amm_params, head_block_size) == 56, "head_block_size follows ignore_index");
     CHECK(offsetof(amm_params, struct_size) == 0, "struct_size is the first field");
@@ -672,7 +678,8 @@ static void ok_cos_margin_big(amm_params *p) { p->target = AMM_TARGET_COS; p->ma
 static void ok_hm0(amm_params *p) { p->hard_margin = 0.0; }
 static void ok_threads_many(amm_params *p) { p->num_threads = 64; }
 static void ok_size56(amm_params *p) { p->struct_size = 56; }
-static void ok_tiny_scale(amm_params *p) { p->scale = 1e-300; }
+/* The smallest scales each element type holds: a subnormal float is > 0 in float. */
+static void ok_tiny_scale(amm_params *p) { p->scale = 1e-40; }
 
 static void test_params(void)
 {
@@ -757,6 +764,17 @@ static void test_params(void)
             args_t a = fixture_args(fn, &p);
             expect(__LINE__, fn, &a, AMM_OK, NULL, NULL);
         }
+
+    /* For _f32 a scale that rounds to 0 in float is refused (its logits could be 0 * inf);
+       _f64 takes it. */
+    for (int fn = 0; fn < NFN; ++fn) {
+        amm_params p;
+        amm_params_init(&p);
+        p.scale = 1e-300;
+        args_t a = fixture_args(fn, &p);
+        expect(__LINE__, fn, &a, is64(fn) ? AMM_OK : AMM_ERR_PARAM, is64(fn) ? NULL : "scale",
+               is64(fn) ? NULL : "1e-300");
+    }
 
     /* A struct_size larger than sizeof(amm_params): a caller compiled against a later header
        whose struct has more fields. The bytes past the known fields are ignored. */

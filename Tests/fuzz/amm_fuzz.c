@@ -419,7 +419,7 @@ static void mem_free(mem_t *m)
 typedef struct {
     uint32_t struct_size;
     double scale, margin, hard_margin;
-    int32_t target, hard, reduction, num_threads;
+    int32_t target, hard, reduction, num_threads, margin_gradient;
     int64_t ignore_index, head_block_size;
     int hn_set;          /* hard_negatives points to a buffer of n counts (when covered)   */
     int uncovered_wild;  /* uncovered pointer field: 1 garbage bytes, 0 a decoy buffer    */
@@ -430,7 +430,7 @@ typedef struct {
 typedef struct {
     int size_ok;
     double scale, margin, hard_margin;
-    int32_t target, hard, reduction, num_threads;
+    int32_t target, hard, reduction, num_threads, margin_gradient;
     int64_t ignore_index, head_block_size;
     int hn_covered;
 } eff_t;
@@ -449,6 +449,7 @@ static void effective(const pspec_t *ps, eff_t *e)
     /* a field is covered when it lies wholly within struct_size */
     e->head_block_size = ps->struct_size >= 64 ? ps->head_block_size : 0;
     e->hn_covered = ps->struct_size >= 72;
+    e->margin_gradient = ps->struct_size >= 76 ? ps->margin_gradient : 0;
 }
 
 static double gen_scale(void)
@@ -514,7 +515,7 @@ static void break_params(pspec_t *ps, int f32)
         break;
     }
     case 2: {
-        static const int32_t v[] = {-1, 4, 5, INT32_MIN, INT32_MAX, 17};
+        static const int32_t v[] = {-1, 5, 6, INT32_MIN, INT32_MAX, 17};
         ps->hard = PICK(v);
         break;
     }
@@ -543,10 +544,18 @@ static void break_params(pspec_t *ps, int f32)
     case 6: {
         static const double v[] = {-0x1p-1074, -1e-300, -1.0, -0.2, INFINITY, -INFINITY,
                                    -DBL_MAX};
-        ps->hard_margin = rchance(0.15) ? nan_bits((int)rbelow(2), rnext()) : PICK(v);
+        static const double curricular[] = {INFINITY, -INFINITY};  /* any finite t is valid */
+        if (rchance(0.15)) ps->hard_margin = nan_bits((int)rbelow(2), rnext());
+        else ps->hard_margin = ps->hard == AMM_HARD_CURRICULAR ? PICK(curricular) : PICK(v);
         break;
     }
     case 7: {
+        if (rchance(0.5)) {
+            static const int32_t v[] = {-1, 2, 3, INT32_MIN, INT32_MAX};
+            ps->margin_gradient = PICK(v);
+            if (ps->struct_size < 76) ps->struct_size = (uint32_t)sizeof(amm_params);
+            break;
+        }
         static const int32_t v[] = {-1, -2, INT32_MIN};
         ps->num_threads = PICK(v);
         break;
@@ -564,16 +573,18 @@ static void gen_params(pspec_t *ps, int f32, int64_t c_hint, double break_rate)
     memset(ps, 0, sizeof *ps);
     ps->struct_size = (uint32_t)sizeof(amm_params);
     if (rchance(0.2)) {
-        static const uint32_t v[] = {56, 64, 72, 57, 60, 63, 65, 71, 73, 80, 128, 256, 4096,
-                                     UINT32_MAX, 0x80000000u};
+        static const uint32_t v[] = {56, 64, 72, 57, 60, 63, 65, 71, 73, 75, 76, 80, 87, 88, 128,
+                                     256, 4096, UINT32_MAX, 0x80000000u};
         ps->struct_size = PICK(v);
     }
     ps->target = (int32_t)rbelow(2);
-    ps->hard = (int32_t)rbelow(4);
+    ps->hard = (int32_t)rbelow(5);
     ps->reduction = (int32_t)rbelow(3);
     ps->scale = gen_scale();
     ps->margin = gen_margin(ps->target);
     ps->hard_margin = gen_hard_margin();
+    if (ps->hard == AMM_HARD_CURRICULAR && rchance(0.5)) ps->hard_margin = -ps->hard_margin;
+    ps->margin_gradient = (int32_t)rbelow(2);
     {
         static const int32_t v[] = {0, 0, 1, 1, 2, 3, 4, 7, 64, 1000, INT32_MAX};
         ps->num_threads = rchance(0.95) ? (int32_t)rbelow(4) : PICK(v);
@@ -596,10 +607,11 @@ static void describe_params(const pspec_t *ps)
 {
     note("  params: struct_size=%" PRIu32 " scale=%.17g (%a) margin=%.17g (%a) hard_margin=%.17g "
          "(%a) target=%" PRId32 " hard=%" PRId32 " reduction=%" PRId32 " num_threads=%" PRId32
-         " ignore_index=%" PRId64 " head_block_size=%" PRId64 " hard_negatives=%s\n",
+         " ignore_index=%" PRId64 " head_block_size=%" PRId64 " margin_gradient=%" PRId32
+         " hard_negatives=%s\n",
          ps->struct_size, ps->scale, ps->scale, ps->margin, ps->margin, ps->hard_margin,
          ps->hard_margin, ps->target, ps->hard, ps->reduction, ps->num_threads, ps->ignore_index,
-         ps->head_block_size,
+         ps->head_block_size, ps->margin_gradient,
          ps->struct_size >= 72 ? (ps->hn_set ? "buffer of n" : "NULL")
                                : (ps->uncovered_wild ? "(not covered: garbage)"
                                                      : "(not covered: decoy buffer)"));
@@ -634,6 +646,18 @@ static void write_params(unsigned char *pbuf, const pspec_t *ps, int64_t *hn, in
     if (ps->struct_size >= 72) p->hard_negatives = ps->hn_set ? hn : NULL;
     else if (!ps->uncovered_wild) p->hard_negatives = decoy;
     /* else: the garbage bytes stay */
+    if (ps->struct_size >= 76) p->margin_gradient = ps->margin_gradient;
+    else {
+        int32_t junk = (int32_t)(splitmix(&g) | 0x40000000u); /* invalid if read */
+        memcpy(&p->margin_gradient, &junk, 4);
+    }
+    /* target_cosines: NULL where covered (the Python tests check its values); garbage where
+       not, which the library must not read. */
+    if (ps->struct_size >= 88) p->target_cosines = NULL;
+    else {
+        uint64_t junk = splitmix(&g);
+        memcpy(&p->target_cosines, &junk, 8);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -797,8 +821,9 @@ static int params_fail(const eff_t *e, int f32, int check_block, oracle_t *o, in
     o->npname = 0;
     if (!e->size_ok) first = "struct_size";
     else if (e->target < 0 || e->target > 1) first = "target";
-    else if (e->hard < 0 || e->hard > 3) first = "hard";
+    else if (e->hard < 0 || e->hard > 4) first = "hard";
     else if (e->reduction < 0 || e->reduction > 2) first = "reduction";
+    else if (e->margin_gradient < 0 || e->margin_gradient > 1) first = "margin_gradient";
     if (first) {
         o->pname[o->npname++] = first;
         return 1;
@@ -809,13 +834,16 @@ static int params_fail(const eff_t *e, int f32, int check_block, oracle_t *o, in
         if (e->target == AMM_TARGET_ARC && e->margin == PI_D) *amb = 1; /* [0, pi): pi is not a double */
         else first = "margin";
     }
-    if (!first && !(isfinite(e->hard_margin) && e->hard_margin >= 0)) first = "hard_margin";
+    if (!first && !(isfinite(e->hard_margin) &&
+                    (e->hard_margin >= 0 || e->hard == AMM_HARD_CURRICULAR)))
+        first = "hard_margin";
     if (!first && e->num_threads < 0) first = "num_threads";
     if (!first && check_block && e->head_block_size < 0) first = "head_block_size";
     int f32bad = f32 && isfinite(e->scale) && e->scale > 0 && !finite_f32_scale(e->scale);
     if (f32bad) o->pname[o->npname++] = "scale";
     /* The header: for _f32, hard_margin too must be finite as a float. */
-    int f32bad_t = f32 && isfinite(e->hard_margin) && e->hard_margin >= 0 &&
+    int f32bad_t = f32 && isfinite(e->hard_margin) &&
+                   (e->hard_margin >= 0 || e->hard == AMM_HARD_CURRICULAR) &&
                    !finite_f32(e->hard_margin);
     if (f32bad_t) o->pname[o->npname++] = "hard_margin";
     f32bad = f32bad || f32bad_t;
@@ -895,6 +923,7 @@ static int overflow_safe(const call_t *k, const eff_t *e)
     case AMM_HARD_AMM: gneg = cm > 1.5 ? cm : 1.5; dd = 1e7 + 2; break;
     case AMM_HARD_MV_FIXED: gneg = t * cm + t + 1 + cm; dd = t + 1; break;
     case AMM_HARD_MV_ADAPTIVE: gneg = (t + 1) * cm + t + 1; dd = t + 2; break;
+    case AMM_HARD_CURRICULAR: gneg = cm * (fabs(t) + cm) + cm; dd = fabs(t) + 2 * cm + 1; break;
     default: break;
     }
     if (e->hard == AMM_HARD_MV_FIXED || e->hard == AMM_HARD_MV_ADAPTIVE)
@@ -971,9 +1000,16 @@ static void row_reference(const eff_t *e, int f32, const double *row, int64_t co
             df_rel = 0;
         }
     }
+    if (e->margin_gradient == AMM_MARGIN_GRADIENT_STRAIGHT_THROUGH) {
+        df = 1; /* the value is unchanged, its derivative taken as 1 */
+        df_rel = 0;
+    }
     r->zy = s * f;
     /* negatives */
-    long double zmax = -INFINITY, ct_cos = cosl(t), ct_sin = sinl(t);
+    /* theta <= pi: for t >= pi no negative has theta > t (g = 1), as t = pi gives */
+    long double ta = t < 3.14159265358979323846264338327950288L ? t
+                                                                : 3.14159265358979323846264338327950288L;
+    long double zmax = -INFINITY, ct_cos = cosl(ta), ct_sin = sinl(ta);
     long double err = 4 * eps_d * fabsl(r->zy) + 4 * eps_d + 4 * s * cos_err * (fabsl(df) + 1);
     long double *z = calloc((size_t)cols + 1, sizeof(long double));
     long double *dg = calloc((size_t)cols + 1, sizeof(long double));
@@ -1010,6 +1046,10 @@ static void row_reference(const eff_t *e, int f32, const double *row, int64_t co
             g = t * c + t - 1;
             d = t;
             ez += 4 * eps * s * (t * fabsl(c) + t + 1);
+        } else if (e->hard == AMM_HARD_CURRICULAR) {
+            g = c * (t + c);
+            d = t + 2 * c;
+            ez += 4 * eps * s * fabsl(c) * (fabsl(t) + fabsl(c));
         } else {
             g = (t + 1) * c + t;
             d = t + 1;
@@ -1017,6 +1057,10 @@ static void row_reference(const eff_t *e, int f32, const double *row, int64_t co
         }
         z[j] = s * g;
         ez += 4 * eps * fabsl(z[j]);
+        if (e->margin_gradient == AMM_MARGIN_GRADIENT_STRAIGHT_THROUGH) {
+            d = 1;
+            drel = 0;
+        }
         dg[j] = d;
         dg_rel[j] = drel;
         if (z[j] > zmax) zmax = z[j];
@@ -1133,7 +1177,7 @@ static void call_reference(const call_t *k, callref_t *cr)
     }
     if (!cr->rows || (want_grad && (!cr->grad || !cr->grad_tol))) exit(3);
     cr->valid = 1;
-    cr->ordinary = e.scale <= 1e4 && e.hard_margin <= 100 && fabs(e.margin) <= 10;
+    cr->ordinary = e.scale <= 1e4 && fabs(e.hard_margin) <= 100 && fabs(e.margin) <= 10;
     if (head) { /* squares of values beyond 1e154 overflow a double norm: no value checks */
         for (int64_t i = 0; i < k->a[A_X].count && cr->ordinary; ++i)
             if (fabs(k->a[A_X].v[i]) > 1e150 && !row_ignored(k, &e, i / k->d)) cr->ordinary = 0;
@@ -2438,7 +2482,7 @@ static void protocol(int f32, int head)
             pr.gl[i] = rchance(0.02) ? nan_bits(0, 3) : to_elem(f32, 4 * runif() - 2);
     }
     pr.loss_null = !head && rchance(0.15);
-    pr.tame = e.scale <= 100 && e.hard_margin <= 2 && fabs(e.margin) <= 1.5 && spice == 0;
+    pr.tame = e.scale <= 100 && fabs(e.hard_margin) <= 2 && fabs(e.margin) <= 1.5 && spice == 0;
     if (head) /* tiny or huge rows make the normalisation amplify rounding: compare those loosely */
         for (int64_t i = 0; i < pr.n * pr.d; ++i)
             if (fabs(pr.x[i]) > 1e6 || fabs(pr.x[i]) < 1e-6) pr.tame = 0;

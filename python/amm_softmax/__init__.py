@@ -35,7 +35,8 @@ Sharding by class over MPI ranks (PartialFC's split; needs mpi4py, imported only
 `amm_softmax.mpi.forward_backward(cos_shard, labels, comm, **params)`.
 """
 from . import reference
-from ._api import (backward, forward, forward_backward, head_forward_backward, kernel_build,
+from ._api import (backward, curricular_t, forward, forward_backward, head_forward_backward,
+                   kernel_build,
                    kernel_build_detail, library_version)
 
 def _version() -> str:
@@ -53,5 +54,6 @@ def _version() -> str:
 
 
 __version__ = _version()
-__all__ = ["forward", "backward", "forward_backward", "head_forward_backward", "reference",
+__all__ = ["forward", "backward", "forward_backward", "head_forward_backward", "curricular_t",
+           "reference",
            "library_version", "kernel_build", "kernel_build_detail", "__version__"]

@@ -45,22 +45,32 @@ def _refuse_overlap(name: str, array, others) -> None:
             raise ValueError(f"{name} must not overlap {other_name}{why}")
 
 
-def _counts_out(hard_negatives, rows: int, others=()) -> np.ndarray | None:
-    """`hard_negatives` checked as the destination of the per-row counts of hard negatives;
+def _row_out(name: str, array, dtype, rows: int, others=()) -> np.ndarray | None:
+    """`array` checked as the destination of a per-row output called `name` (dtype, (rows,));
     `others`: (name, array, is_input) triples it must not overlap."""
-    if hard_negatives is None:
+    if array is None:
         return None
-    if not isinstance(hard_negatives, np.ndarray):
-        raise TypeError(f"hard_negatives must be a numpy.ndarray of int64, "
-                        f"got {type(hard_negatives).__name__}")
-    if hard_negatives.dtype != np.int64:
-        raise TypeError(f"hard_negatives must have dtype int64, got {hard_negatives.dtype}")
-    if hard_negatives.shape != (rows,):
-        raise ValueError(f"hard_negatives must have shape ({rows},), "
-                         f"got {hard_negatives.shape}")
-    _require_writeable_dense("hard_negatives", "a writeable, C-contiguous array", hard_negatives)
-    _refuse_overlap("hard_negatives", hard_negatives, others)
-    return hard_negatives
+    dtype = np.dtype(dtype)
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {dtype}, "
+                        f"got {type(array).__name__}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {array.dtype}")
+    if array.shape != (rows,):
+        raise ValueError(f"{name} must have shape ({rows},), got {array.shape}")
+    _require_writeable_dense(name, "a writeable, C-contiguous array", array)
+    _refuse_overlap(name, array, others)
+    return array
+
+
+def _counts_out(hard_negatives, rows: int, others=()) -> np.ndarray | None:
+    """`hard_negatives` checked as the destination of the per-row counts of hard negatives."""
+    return _row_out("hard_negatives", hard_negatives, np.int64, rows, others)
+
+
+def _cosines_out(target_cosines, rows: int, others=()) -> np.ndarray | None:
+    """`target_cosines` checked as the destination of the per-row target cosines (float64)."""
+    return _row_out("target_cosines", target_cosines, np.float64, rows, others)
 
 
 def _require_writeable_dense(name: str, what: str, a: np.ndarray) -> None:
@@ -106,20 +116,23 @@ def _loss_value(p: Params, loss: np.ndarray):
 
 
 def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray | None = None,
-            **params) -> Loss:
+            target_cosines: np.ndarray | None = None, **params) -> Loss:
     """The loss of `cos` (N, C) for `labels` (N,): a float for mean/sum, an ndarray (N,) typed
     like cos for reduction='none'. See help(amm_softmax) for the parameters.
 
     `hard_negatives`, if given, an int64 array (N,) that receives each row's number of negatives
-    mined as hard (cos[i, j] > f(c_y), j != y; 0 for ignored rows); the same for every
-    function."""
+    mined as hard (cos[i, j] > f(c_y), j != y; 0 for ignored rows); `target_cosines`, if given,
+    a float64 array (N,) that receives each row's target cosine c_{i,y_i} (0 for ignored rows:
+    e.g. for CurricularFace's t, or the mean target angle); the same for every function."""
     given = _inputs(cos=cos, labels=labels)
     p, cos, labels = _prepare(cos, labels, params)
     counts = _counts_out(hard_negatives, cos.shape[0], given)
+    cosines = _cosines_out(target_cosines, cos.shape[0], given + (("hard_negatives", counts,
+                                                                    False),))
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
-    abi = abi_struct(p, 0, counts)
+    abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data))
     return _loss_value(p, loss)
@@ -147,7 +160,7 @@ def _gradient_out(out, like: np.ndarray, name: str = "cos", out_name: str = "out
 
 def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
              out: np.ndarray | None = None, hard_negatives: np.ndarray | None = None,
-             **params) -> np.ndarray:
+             target_cosines: np.ndarray | None = None, **params) -> np.ndarray:
     """d loss / d cos times grad_output (a scalar; or (N,) for reduction='none'): an ndarray
     shaped and typed like cos. `out`, if given, is a C-contiguous array of that shape and dtype
     that receives the gradient (and is returned): reusing it between steps saves allocating and
@@ -163,9 +176,11 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
     upstream = upstream.astype(cos.dtype)
     grad = _gradient_out(out, cos, others=given)
     counts = _counts_out(hard_negatives, cos.shape[0], given + (("out", grad, False),))
+    cosines = _cosines_out(target_cosines, cos.shape[0],
+                           given + (("out", grad, False), ("hard_negatives", counts, False)))
     lib = L.load()
     fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
-    abi = abi_struct(p, 0, counts)
+    abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
                           grad.ctypes.data))
@@ -174,6 +189,7 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
 
 def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | None = None,
                      hard_negatives: np.ndarray | None = None,
+                     target_cosines: np.ndarray | None = None,
                      **params) -> tuple[Loss, np.ndarray]:
     """(loss, grad_cos) in one pass over the data, as forward and backward with
     grad_output = 1. `out` as for backward."""
@@ -181,10 +197,12 @@ def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | N
     p, cos, labels = _prepare(cos, labels, params)
     grad = _gradient_out(out, cos, others=given)
     counts = _counts_out(hard_negatives, cos.shape[0], given + (("out", grad, False),))
+    cosines = _cosines_out(target_cosines, cos.shape[0],
+                           given + (("out", grad, False), ("hard_negatives", counts, False)))
     lib = L.load()
     loss = _loss_out(p, cos)
     fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
-    abi = abi_struct(p, 0, counts)
+    abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
     return _loss_value(p, loss), grad
@@ -198,6 +216,7 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
                           block_size: int = 0,
                           out: tuple[np.ndarray, np.ndarray] | None = None,
                           hard_negatives: np.ndarray | None = None,
+                          target_cosines: np.ndarray | None = None,
                           sample_rate: float = 1.0, seed: int = 0, step: int = 0,
                           return_sampled: bool = False,
                           **params) -> tuple:
@@ -226,10 +245,12 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     embeddings, weights = native_byte_order(embeddings), native_byte_order(weights)
     if sample_rate < 1.0:
         return _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives,
-                             sample_rate, seed, step, return_sampled, params, given)
+                             target_cosines, sample_rate, seed, step, return_sampled, params,
+                             given)
     if return_sampled:   # every class: the plain head (the sharded one gives the same bits)
         result = head_forward_backward(embeddings, weights, labels, block_size=block_size,
-                                       out=out, hard_negatives=hard_negatives, **params)
+                                       out=out, hard_negatives=hard_negatives,
+                                       target_cosines=target_cosines, **params)
         return result + (np.arange(result[2].shape[0], dtype=np.int64),)
     p = check_params(**params)
     block_size = check_block_size(block_size)
@@ -241,10 +262,11 @@ def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: n
     lib = L.load()
     loss = _loss_out(p, embeddings)
     grad_embeddings, grad_weights = _head_out(out, embeddings, weights, given)
-    counts = _counts_out(hard_negatives, n, given + (("out[0]", grad_embeddings, False),
-                                                     ("out[1]", grad_weights, False)))
+    outputs = given + (("out[0]", grad_embeddings, False), ("out[1]", grad_weights, False))
+    counts = _counts_out(hard_negatives, n, outputs)
+    cosines = _cosines_out(target_cosines, n, outputs + (("hard_negatives", counts, False),))
     fn = getattr(lib, f"amm_head_forward_backward_{_SUFFIX[embeddings.dtype]}")
-    abi = abi_struct(p, block_size, counts)
+    abi = abi_struct(p, block_size, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), embeddings.ctypes.data,
                           weights.ctypes.data, n, d, c, labels.ctypes.data, loss.ctypes.data,
                           grad_embeddings.ctypes.data, grad_weights.ctypes.data))
@@ -265,8 +287,8 @@ def _head_out(out, embeddings: np.ndarray, weights: np.ndarray, given=()):
     return grad_embeddings, grad_weights
 
 
-def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, sample_rate,
-                  seed, step, return_sampled, params, given=()):
+def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, target_cosines,
+                  sample_rate, seed, step, return_sampled, params, given=()):
     """The head with class sampling: the sharded protocol on one process (one shard)."""
     from ._shard import SingleProcess
     from ._shard import head_forward_backward as sharded
@@ -276,13 +298,15 @@ def _sampled_head(embeddings, weights, labels, block_size, out, hard_negatives, 
     embeddings, weights = check_head_inputs(embeddings, weights)
     check_labels(labels, embeddings.shape[0], weights.shape[0], p.ignore_index, "embeddings")
     destinations = None if out is None else _head_out(out, embeddings, weights, given)
-    _counts_out(hard_negatives, embeddings.shape[0],
-                given + (() if destinations is None else (("out[0]", destinations[0], False),
-                                                          ("out[1]", destinations[1], False))))
+    outputs = given + (() if destinations is None else (("out[0]", destinations[0], False),
+                                                        ("out[1]", destinations[1], False)))
+    _counts_out(hard_negatives, embeddings.shape[0], outputs)
+    _cosines_out(target_cosines, embeddings.shape[0],
+                 outputs + (("hard_negatives", hard_negatives, False),))
     loss, grad_embeddings, grad_weights, kept = sharded(
         embeddings, weights, labels, SingleProcess(), sample_rate=sample_rate, seed=seed,
-        step=step, block_size=block_size, hard_negatives=hard_negatives, return_sampled=True,
-        **params)
+        step=step, block_size=block_size, hard_negatives=hard_negatives,
+        target_cosines=target_cosines, return_sampled=True, **params)
     if destinations is not None:
         destinations[0][...] = grad_embeddings
         destinations[1][...] = grad_weights
@@ -308,3 +332,17 @@ def kernel_build() -> str:
     Set AMM_SOFTMAX_KERNELS before the first call to cap it. "avx2" and "avx512" give the
     same bits; "portable" (no fused multiply-add) agrees with them to within rounding."""
     return L.load().amm_kernel_build().decode()
+
+
+def curricular_t(t: float, target_cosines, labels=None, ignore_index: int = -100,
+                 alpha: float = 0.01) -> float:
+    """CurricularFace's moving average before a step: alpha * mean(c_y) + (1 - alpha) * t over
+    the rows that are not ignored (t unchanged when there are none). `target_cosines`: the
+    step's c_y, e.g. from the `target_cosines=` output of a call on the same inputs, or computed
+    by the caller; pass the result as hard_margin with hard="curricular"."""
+    c = np.asarray(target_cosines, dtype=np.float64).reshape(-1)
+    if labels is not None:
+        c = c[np.asarray(labels).reshape(-1) != ignore_index]
+    if not np.isfinite(t) or not np.isfinite(c).all():
+        raise ValueError("curricular_t: t and the target cosines must be finite")
+    return float(t) if c.size == 0 else alpha * float(c.mean()) + (1.0 - alpha) * float(t)

@@ -26,7 +26,8 @@ AMM_ERR_INTERNAL = 7
 AMM_ERR_OVERFLOW = 8
 
 TARGET_CODES = {"arc": 0, "cos": 1}
-HARD_CODES = {"amm": 0, "mv-fixed": 1, "mv-adaptive": 2, "none": 3}
+HARD_CODES = {"amm": 0, "mv-fixed": 1, "mv-adaptive": 2, "none": 3, "curricular": 4}
+MARGIN_GRADIENT_CODES = {"exact": 0, "straight-through": 1}
 REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}
 
 
@@ -45,6 +46,8 @@ class AmmParams(ctypes.Structure):
         ("ignore_index", ctypes.c_int64),
         ("head_block_size", ctypes.c_int64),
         ("hard_negatives", ctypes.c_void_p),
+        ("margin_gradient", ctypes.c_int32),
+        ("target_cosines", ctypes.c_void_p),
     ]
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from . import _library as L
 
 TARGETS = ("arc", "cos")
-HARDS = ("amm", "mv-fixed", "mv-adaptive", "none")
+HARDS = ("amm", "mv-fixed", "mv-adaptive", "none", "curricular")
+MARGIN_GRADIENTS = ("exact", "straight-through")
 REDUCTIONS = ("mean", "sum", "none")
 
 _INT64 = np.iinfo(np.int64)
@@ -40,6 +41,7 @@ class Params:
     reduction: str = "mean"
     ignore_index: int = -100
     num_threads: int = 0
+    margin_gradient: str = "exact"
 
 
 def _real(name: str, value) -> float:
@@ -66,7 +68,8 @@ def _choice(name: str, value, choices: tuple[str, ...]) -> str:
 
 
 def check_params(scale=64.0, margin=0.5, hard_margin=0.2, target="arc", hard="amm",
-                 reduction="mean", ignore_index=-100, num_threads=0) -> Params:
+                 reduction="mean", ignore_index=-100, num_threads=0,
+                 margin_gradient="exact") -> Params:
     """Validates the shared keyword parameters and returns them as a Params."""
     scale = _real("scale", scale)
     margin = _real("margin", margin)
@@ -76,13 +79,16 @@ def check_params(scale=64.0, margin=0.5, hard_margin=0.2, target="arc", hard="am
     reduction = _choice("reduction", reduction, REDUCTIONS)
     ignore_index = _integer("ignore_index", ignore_index, int(_INT64.min), int(_INT64.max))
     num_threads = _integer("num_threads", num_threads, int(_INT32.min), int(_INT32.max))
-    p = Params(scale, margin, hard_margin, target, hard, reduction, ignore_index, num_threads)
+    margin_gradient = _choice("margin_gradient", margin_gradient, MARGIN_GRADIENTS)
+    p = Params(scale, margin, hard_margin, target, hard, reduction, ignore_index, num_threads,
+               margin_gradient)
     validate(abi_struct(p))
     return p
 
 
 def abi_struct(p: Params, head_block_size: int = 0,
-               hard_negatives: np.ndarray | None = None) -> L.AmmParams:
+               hard_negatives: np.ndarray | None = None,
+               target_cosines: np.ndarray | None = None) -> L.AmmParams:
     """The amm_params struct of `p` (the fields the C header documents)."""
     s = L.AmmParams()
     s.struct_size = ctypes.sizeof(L.AmmParams)
@@ -94,6 +100,8 @@ def abi_struct(p: Params, head_block_size: int = 0,
     s.ignore_index = p.ignore_index
     s.head_block_size = head_block_size
     s.hard_negatives = None if hard_negatives is None else hard_negatives.ctypes.data
+    s.margin_gradient = L.MARGIN_GRADIENT_CODES[p.margin_gradient]
+    s.target_cosines = None if target_cosines is None else target_cosines.ctypes.data
     return s
 
 

@@ -172,8 +172,10 @@ def _check_same_everywhere(coll: _Counted, values: Sequence[float], names: Seque
 
 def _param_vector(p: Params) -> tuple[list[float], list[str]]:
     return ([p.scale, p.margin, p.hard_margin, _CODES["target"][p.target],
-             _CODES["hard"][p.hard], _CODES["reduction"][p.reduction], float(p.ignore_index)],
-            ["scale", "margin", "hard_margin", "target", "hard", "reduction", "ignore_index"])
+             _CODES["hard"][p.hard], _CODES["reduction"][p.reduction], float(p.ignore_index),
+             L.MARGIN_GRADIENT_CODES[p.margin_gradient]],
+            ["scale", "margin", "hard_margin", "target", "hard", "reduction", "ignore_index",
+             "margin_gradient"])
 
 
 def _labels_digest(labels: np.ndarray) -> float:
@@ -230,10 +232,10 @@ def _statistics_and_combine(coll, stats_call, rows, counts):
 
 def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
                             class_start: int | None = None, hard_negatives=None,
-                            traffic: Traffic | None = None, **params):
+                            target_cosines=None, traffic: Traffic | None = None, **params):
     """The loss on cosine logits sharded by class: every rank passes the same rows and labels
     (global class ids) and its shard's columns. Returns (loss, grad_cos_shard)."""
-    from ._api import _counts_out
+    from ._api import _cosines_out, _counts_out
     from ._params import check_cos, check_labels
     traffic = traffic if traffic is not None else Traffic()
     coll = _Counted(collectives, traffic)
@@ -253,7 +255,8 @@ def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
         if labels_.dtype.kind not in "iu":
             raise TypeError(f"labels must have an integer dtype, got {labels_.dtype}")
         local.update(p=p, cos=cos, labels=labels_,
-                     counts=_counts_out(hard_negatives, cos.shape[0]))
+                     counts=_counts_out(hard_negatives, cos.shape[0]),
+                     cosines=_cosines_out(target_cosines, cos.shape[0]))
         return p
     p = _attempt(coll, prepare)
     cos = local["cos"]
@@ -283,6 +286,8 @@ def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
     grad = np.empty_like(cos)
     _attempt(coll, lambda: _call("gradient", cos.dtype, *args, _ptr(target), _ptr(global_max),
                                  _ptr(global_sum), None, _ptr(loss), _ptr(grad)))
+    if local["cosines"] is not None:   # phase 1's sum: every row's target cosine, exactly
+        local["cosines"][:] = target
     return _loss_value(p, loss), grad
 
 
@@ -324,13 +329,18 @@ def check_sampling(sample_rate, seed, step) -> tuple[float, int, int]:
 def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectives, *,
                           class_start: int | None = None, sample_rate: float = 1.0,
                           seed: int = 0, step: int = 0, block_size: int = 0,
-                          hard_negatives=None, return_sampled: bool = False,
-                          traffic: Traffic | None = None, **params):
+                          hard_negatives=None, target_cosines=None,
+                          return_sampled: bool = False, traffic: Traffic | None = None,
+                          curricular_update: dict | None = None, **params):
     """The fused head sharded by class, in PartialFC's data-parallel layout: each rank passes
     its own rows (labels as global class ids) and its shard of the class weights. Returns
     (loss over every rank's rows, grad_x_local, grad_w_shard), and the kept classes of this
-    shard (global ids) when `return_sampled`."""
-    from ._api import _counts_out
+    shard (global ids) when `return_sampled`.
+
+    `curricular_update`, for hard="curricular" in a stateful caller: a dict whose "t" is the
+    state before the step; t is updated from phase 1's target cosines (every rank's rows, the
+    same on every rank) before phases 2 and 3 use it, and written back to the dict."""
+    from ._api import _cosines_out, _counts_out
     from ._params import check_head_inputs, check_labels
     traffic = traffic if traffic is not None else Traffic()
     coll = _Counted(collectives, traffic)
@@ -353,7 +363,8 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
             raise ValueError(f"labels must have shape ({x.shape[0]},) to match x_local, "
                              f"got {y.shape}")
         local.update(x=_dense(x), w=_dense(w), y=y.astype(np.int64),
-                     counts=_counts_out(hard_negatives, x.shape[0]))
+                     counts=_counts_out(hard_negatives, x.shape[0]),
+                     cosines=_cosines_out(target_cosines, x.shape[0]))
         return p
     p = _attempt(coll, prepare)
     x, w, y_local = local["x"], local["w"], local["y"]
@@ -396,7 +407,8 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         if c_total == 0:
             # No shard kept a class: every row is ignored (a row's target is always kept), so
             # the loss and every gradient are 0, as without sampling.
-            return _all_ignored(p, x, w, hard_negatives, return_sampled, kept, shard_start)
+            return _all_ignored(p, x, w, hard_negatives, target_cosines, return_sampled, kept,
+                                shard_start)
     else:
         w_used, c_used = w, c_local
 
@@ -410,6 +422,16 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
     target = np.empty(rows)
     _attempt(coll, lambda: _call("head_target", x.dtype, *args, _ptr(target)))
     target = coll.allreduce(target, "sum", "target_cos")
+    if curricular_update is not None:
+        active = labels != p.ignore_index
+        t = float(curricular_update["t"])
+        if active.any():
+            t = 0.01 * float(target[active].mean()) + 0.99 * t
+        curricular_update["t"] = t
+        p = dataclasses.replace(p, hard_margin=t)
+        _attempt(coll, lambda: check_params(**{**params, "hard_margin": t}))
+        abi = abi_struct(p, local["block"])
+        args = (ctypes.byref(abi),) + args[1:]
     abi_counted = abi_struct(p, local["block"], counts)
     args_counted = (ctypes.byref(abi_counted),) + args[1:]
     global_max, global_sum = _statistics_and_combine(
@@ -430,6 +452,8 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         grad_w = grad_w_used
     if hard_negatives is not None:
         hard_negatives[:] = counts[own:own + x.shape[0]]
+    if target_cosines is not None:
+        target_cosines[:] = target[own:own + x.shape[0]]
     if p.reduction == "none":
         loss_value = loss[own:own + x.shape[0]].copy()
     else:
@@ -441,11 +465,14 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
     return result
 
 
-def _all_ignored(p: Params, x, w, hard_negatives, return_sampled, kept, shard_start):
+def _all_ignored(p: Params, x, w, hard_negatives, target_cosines, return_sampled, kept,
+                 shard_start):
     """The head's result when every row of every rank is ignored."""
     loss = np.zeros(x.shape[0], dtype=x.dtype) if p.reduction == "none" else 0.0
     if hard_negatives is not None:
         hard_negatives[:] = 0
+    if target_cosines is not None:
+        target_cosines[:] = 0
     result = (loss, np.zeros_like(x), np.zeros_like(w))
     if return_sampled:
         result = result + (kept + shard_start,)

@@ -29,13 +29,13 @@ ranks, one call of the head moves, per rank:
     grad_embeddings allreduce               N D e
     hard-negative counts (if asked)         8 N
     class sampling (sample_rate < 1)        8 N (the labels in the kept classes) + 8 P
-    small checks                            16 P (shard layout) + 8 * 2 * 13 (parameters)
+    small checks                            16 P (shard layout) + 8 * 2 * 14 (parameters)
                                             + 8 per agreement on errors (8 of them)
 
 that is 2 N D e + 32 N (+ 8 N) + O(P), independent of the number of classes: at N = 256,
-D = 128, float32, P = 2, 270,640 bytes a step (measured by python/tests/test_mpi.py). The loss
+D = 128, float32, P = 2, 270,656 bytes a step (measured by python/tests/test_mpi.py). The loss
 on cosine logits (forward_backward: every rank passes the same N rows) moves 3 * 8 N (+ 8 N
-for the counts) and its small checks (16 P + 8 * 2 * 11 + 8 * 7), and no gradient: each
+for the counts) and its small checks (16 P + 8 * 2 * 12 + 8 * 7), and no gradient: each
 rank's grad_cos_shard is complete for its columns. Not counted: the few bytes of shapes that
 MPICollectives exchanges before each Allgatherv, and the text of an error (only on failure).
 

@@ -7,7 +7,7 @@ input's dtype, so that the library's f32 and f64 paths are both measured against
 more precise, values.
 
 Functions and signatures are those of the package: forward, backward, forward_backward,
-head_forward_backward.
+head_forward_backward; and CurricularFace's update of t, curricular_t.
 """
 from __future__ import annotations
 
@@ -28,7 +28,13 @@ def _angles(c):
 
 
 def _target_logit(cy, p):
-    """f(c_y) and df/dc_y for a vector of target cosines."""
+    """f(c_y) and df/dc_y for a vector of target cosines (df = 1 for the straight-through
+    margin gradient)."""
+    f, df = _exact_target_logit(cy, p)
+    return f, (df if p.margin_gradient == "exact" else np.ones_like(df))
+
+
+def _exact_target_logit(cy, p):
     m = p.margin
     if p.target == "cos":
         return cy - m, np.ones_like(cy)
@@ -40,7 +46,13 @@ def _target_logit(cy, p):
 
 
 def _hard_negative_logit(c, p):
-    """g(c) and dg/dc for negatives that were mined as hard."""
+    """g(c) and dg/dc for negatives that were mined as hard (dg = 1 for the straight-through
+    margin gradient)."""
+    g, dg = _exact_hard_negative_logit(c, p)
+    return g, (dg if p.margin_gradient == "exact" else np.ones_like(dg))
+
+
+def _exact_hard_negative_logit(c, p):
     t = p.hard_margin
     if p.hard == "amm":
         cc, theta, sin_theta = _angles(c)
@@ -51,6 +63,8 @@ def _hard_negative_logit(c, p):
         return t * c + t - 1.0, np.full_like(c, t)
     if p.hard == "mv-adaptive":
         return (t + 1.0) * c + t, np.full_like(c, t + 1.0)
+    if p.hard == "curricular":
+        return c * (t + c), t + 2.0 * c
     return c, np.ones_like(c)  # "none"
 
 
@@ -74,6 +88,19 @@ def _write_counts(hard_negatives, cos, labels, kept, p):
                          f"got {hard_negatives.shape}")
     hard_negatives[...] = 0
     hard_negatives[kept] = _hard_negative_counts(cos, labels, p)
+
+
+def _write_target_cosines(target_cosines, cos, labels, kept):
+    """Fills the optional `target_cosines` output (0 for ignored rows), as the library does."""
+    if target_cosines is None:
+        return
+    if not isinstance(target_cosines, np.ndarray) or target_cosines.dtype != np.float64:
+        raise TypeError("target_cosines must be a numpy.ndarray of float64")
+    if target_cosines.shape != (kept.shape[0],):
+        raise ValueError(f"target_cosines must have shape ({kept.shape[0]},), "
+                         f"got {target_cosines.shape}")
+    target_cosines[...] = 0.0
+    target_cosines[kept] = cos[np.arange(cos.shape[0]), labels]
 
 
 def _logits(cos, labels, p):
@@ -127,21 +154,24 @@ def _reduce(per_row_kept, kept, p):
     return total / per_row_kept.size if per_row_kept.size else 0.0
 
 
-def forward(cos, labels, *, hard_negatives=None, **params):
+def forward(cos, labels, *, hard_negatives=None, target_cosines=None, **params):
     """The loss: a float for mean/sum, an ndarray (N,) typed like cos for none."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     _write_counts(hard_negatives, x, y, kept, p)
+    _write_target_cosines(target_cosines, x, y, kept)
     z, _, is_target = _logits(x, y, p)
     loss = _reduce(_row_losses(z, is_target), kept, p)
     return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
 
 
-def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None, **params):
+def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None,
+             target_cosines=None, **params):
     """d loss / d cos times grad_output, an ndarray shaped and typed like cos (written into
     `out` as well when given, as the library does)."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
     _write_counts(hard_negatives, x, y, kept, p)
+    _write_target_cosines(target_cosines, x, y, kept)
     z, dlogit, is_target = _logits(x, y, p)
     prob = np.exp(z - z.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
@@ -160,9 +190,11 @@ def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None, **p
     return out
 
 
-def forward_backward(cos, labels, *, out=None, hard_negatives=None, **params):
+def forward_backward(cos, labels, *, out=None, hard_negatives=None, target_cosines=None,
+                     **params):
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
-    return (forward(cos, labels, hard_negatives=hard_negatives, **params),
+    return (forward(cos, labels, hard_negatives=hard_negatives, target_cosines=target_cosines,
+                    **params),
             backward(cos, labels, 1.0, out=out, **params))
 
 
@@ -183,7 +215,7 @@ def _normalize_backward(v_hat, norms, grad_v_hat):
 
 
 def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None,
-                          hard_negatives=None, **params):
+                          hard_negatives=None, target_cosines=None, **params):
     """(loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
     and its backward, then back through the products and the normalisation. `block_size` is
@@ -204,7 +236,8 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None
     x_hat, x_norms = _normalize(x)
     w_hat, w_norms = _normalize(weights.astype(np.float64))
     cos = x_hat @ w_hat.T
-    loss = forward(cos, labels, hard_negatives=hard_negatives, **params)
+    loss = forward(cos, labels, hard_negatives=hard_negatives, target_cosines=target_cosines,
+                   **params)
     grad_cos = backward(cos, labels, 1.0, **params)
     grad_x = _normalize_backward(x_hat, x_norms, grad_cos @ w_hat)
     grad_w = _normalize_backward(w_hat, w_norms, grad_cos.T @ x_hat)
@@ -216,3 +249,12 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None
         out[0][...], out[1][...] = grad_x, grad_w
         return loss, out[0], out[1]
     return loss, grad_x.astype(dtype), grad_w.astype(dtype)
+
+
+def curricular_t(t, target_cosines, labels=None, ignore_index=-100, alpha=0.01):
+    """CurricularFace's moving average, t <- alpha * mean(c_y) + (1 - alpha) * t, over the rows
+    that are not ignored (t unchanged when there are none)."""
+    c = np.asarray(target_cosines, dtype=np.float64)
+    if labels is not None:
+        c = c[np.asarray(labels) != ignore_index]
+    return float(t) if c.size == 0 else alpha * float(c.mean()) + (1.0 - alpha) * float(t)

@@ -106,20 +106,58 @@ class AMMSoftmaxHeadFunction(torch.autograd.Function):
             None, None, None, None
 
 
-class AMMSoftmaxLoss(torch.nn.Module):
+class _CurricularState(torch.nn.Module):
+    """CurricularFace's t for a module with hard="curricular": a float64 buffer `t` (in the
+    state_dict), starting at the `hard_margin` keyword if given, else 0, and updated in training
+    mode before each step, t <- 0.01 mean(c_y) + 0.99 t over the rows that are not ignored."""
+
+    def _init_curricular(self, params: dict) -> None:
+        self.curricular = params.get("hard") == "curricular"
+        if self.curricular:
+            self.register_buffer("t", torch.tensor(float(params.get("hard_margin", 0.0)),
+                                                   dtype=torch.float64))
+
+    def _step_params(self, target_cosines, labels: torch.Tensor) -> dict:
+        """The parameters of this step: with t updated first (training mode, curricular)."""
+        if not self.curricular:
+            return self.params
+        if self.training:
+            with torch.no_grad():
+                cy = target_cosines().to(torch.float64)
+                kept = labels != self.params.get("ignore_index", -100)
+                if bool(kept.any()):
+                    self.t.mul_(0.99).add_(0.01 * cy[kept].mean())
+        return dict(self.params, hard_margin=float(self.t))
+
+
+def _target_cosines_of(cos: torch.Tensor, labels: torch.Tensor):
+    """c_y of each row of a cosine matrix (ignored rows read column 0), without gradient."""
+    def compute():
+        safe = torch.where((labels >= 0) & (labels < cos.shape[1]), labels,
+                           torch.zeros_like(labels))
+        return cos.detach()[torch.arange(cos.shape[0]), safe]
+    return compute
+
+
+class AMMSoftmaxLoss(_CurricularState):
     """The loss on cosine logits: `AMMSoftmaxLoss(**params)(cos, labels)`.
 
     Parameters as for amm_softmax.forward: scale=64.0, margin=0.5, hard_margin=0.2,
-    target="arc", hard="amm", reduction="mean", ignore_index=-100, num_threads=0. They are
-    validated here, once."""
+    target="arc", hard="amm", reduction="mean", ignore_index=-100, num_threads=0,
+    margin_gradient="exact". They are validated here, once. With hard="curricular" the module
+    keeps CurricularFace's t (the buffer `.t`, see _CurricularState)."""
 
     def __init__(self, **params: Any):
         super().__init__()
         check_params(**params)
         self.params = dict(params)
+        self._init_curricular(self.params)
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return AMMSoftmaxFunction.apply(cos, labels, self.params)
+        params = self._step_params(_target_cosines_of(cos, labels), labels) \
+            if isinstance(cos, torch.Tensor) and isinstance(labels, torch.Tensor) \
+            and cos.dim() == 2 and labels.shape == cos.shape[:1] else self.params
+        return AMMSoftmaxFunction.apply(cos, labels, params)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -206,7 +244,7 @@ class ShardedHeadFunction(torch.autograd.Function):
             None, None, None
 
 
-class AMMSoftmaxHead(torch.nn.Module):
+class AMMSoftmaxHead(_CurricularState):
     """A classification head that owns the class weights (an nn.Parameter of shape
     (num_classes, embedding_dim), rows are classes) and returns the loss of
     `embeddings` (N, embedding_dim) for `labels`, with gradients to both, computed by the fused
@@ -251,8 +289,28 @@ class AMMSoftmaxHead(torch.nn.Module):
         self.hard_negatives: np.ndarray | None = None
         #: After each sampled call: the kept classes (sorted int64 array), else None.
         self.sampled_classes: np.ndarray | None = None
+        self._init_curricular(self.params)
+
+    def _target_cosines(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        """c_y = <normalize(x_i), normalize(W_{y_i})>, O(N D), without gradient."""
+        def compute():
+            w = self.weight.detach()
+            safe = torch.where((labels >= 0) & (labels < w.shape[0]), labels,
+                               torch.zeros_like(labels))
+            x = torch.nn.functional.normalize(embeddings.detach().to(torch.float64), dim=1)
+            wy = torch.nn.functional.normalize(w[safe].to(torch.float64), dim=1)
+            return (x * wy).sum(dim=1)
+        return compute
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        params = self._step_params(self._target_cosines(embeddings, labels), labels) \
+            if isinstance(embeddings, torch.Tensor) and isinstance(labels, torch.Tensor) \
+            and embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] \
+            and embeddings.shape[1] == self.weight.shape[1] else self.params
+        return self._forward(embeddings, labels, params)
+
+    def _forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                 params: dict) -> torch.Tensor:
         ignore_index = self.params.get("ignore_index", -100)
         if self.training and self.sample_rate < 1.0 and \
                 (not isinstance(labels, torch.Tensor) or labels.device.type != "cpu" or
@@ -261,7 +319,7 @@ class AMMSoftmaxHead(torch.nn.Module):
             # 0 either way, and the sampled one would keep no class.)
             record: dict = {}
             block = _block_size_for(self.block_size, self.weight.shape[0], self.sample_rate)
-            options = dict(self.params, sample_rate=self.sample_rate, seed=self.seed,
+            options = dict(params, sample_rate=self.sample_rate, seed=self.seed,
                            step=self.step, block_size=block, record=record)
             loss = ShardedHeadFunction.apply(embeddings, self.weight, labels,
                                              _shard.SingleProcess(), options)
@@ -272,7 +330,7 @@ class AMMSoftmaxHead(torch.nn.Module):
                 else 0
             self.hard_negatives = np.zeros(rows, dtype=np.int64)
             self.sampled_classes = None
-            loss = AMMSoftmaxHeadFunction.apply(embeddings, self.weight, labels, self.params,
+            loss = AMMSoftmaxHeadFunction.apply(embeddings, self.weight, labels, params,
                                                 self.block_size, self.hard_negatives)
         if self.training:
             self.step += 1
@@ -373,7 +431,7 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
-class ShardedAMMSoftmaxHead(torch.nn.Module):
+class ShardedAMMSoftmaxHead(_CurricularState):
     """The fused head sharded by class over torch.distributed (PartialFC's layout): each rank
     owns `.weight`, the class weights of its shard [class_start, class_stop) =
     shard_range(num_classes, rank, size) of `process_group` (None: the default group), an
@@ -463,6 +521,7 @@ class ShardedAMMSoftmaxHead(torch.nn.Module):
         self.hard_negatives: np.ndarray | None = None
         self.sampled_classes: np.ndarray | None = None
         self.traffic: _shard.Traffic | None = None
+        self._init_curricular(self.params)
 
     def forward(self, x_local: torch.Tensor, labels_local: torch.Tensor) -> torch.Tensor:
         record: dict = {}
@@ -472,8 +531,17 @@ class ShardedAMMSoftmaxHead(torch.nn.Module):
                        block_size=_block_size_for(self.block_size,
                                                   self.class_stop - self.class_start, rate),
                        record=record)
+        update = None
+        if self.curricular:
+            # t from phase 1's target cosines of every rank's rows (the driver), in training.
+            update = {"t": float(self.t)} if self.training else None
+            options["hard_margin"] = float(self.t)
+            if update is not None:
+                options["curricular_update"] = update
         loss = ShardedHeadFunction.apply(x_local, self.weight, labels_local, self.collectives,
                                          options)
+        if update is not None:
+            self.t.fill_(update["t"])
         self.hard_negatives = record["hard_negatives"]
         sampled = self.training and self.sample_rate < 1.0
         self.sampled_classes = record["sampled_classes"] if sampled else None

@@ -43,7 +43,7 @@ LIB = amm_softmax
 REF = reference
 
 TARGETS = ("arc", "cos")
-HARDS = ("amm", "mv-fixed", "mv-adaptive", "none")
+HARDS = ("amm", "mv-fixed", "mv-adaptive", "none", "curricular")
 REDUCTIONS = ("mean", "sum", "none")
 DTYPES = (np.float32, np.float64)
 
@@ -93,6 +93,8 @@ def logit_bound(params: dict) -> float:
     bound = 1.0 + m
     if p["hard"] in ("mv-fixed", "mv-adaptive"):
         bound = max(bound, 2.0 * t + 1.0)
+    if p["hard"] == "curricular":
+        bound = max(bound, abs(t) + 1.0)
     return bound
 
 
@@ -209,12 +211,16 @@ def derivative_bound(cos, labels, params) -> np.ndarray:
         d = np.maximum(_derivative_factor_bound(x, t), 1.0)
     elif p["hard"] in ("mv-fixed", "mv-adaptive"):
         d = np.full(x.shape, max(1.0, t + 1.0))
+    elif p["hard"] == "curricular":
+        d = np.maximum(abs(t) + 2.0 * np.abs(x), 1.0)
     else:
+        d = np.ones(x.shape)
+    if p.get("margin_gradient", "exact") == "straight-through":
         d = np.ones(x.shape)
     labels = np.asarray(labels, dtype=np.int64)
     kept = np.flatnonzero(labels != p["ignore_index"])
     cy = x[kept, labels[kept]]
-    if p["target"] == "arc":
+    if p["target"] == "arc" and p.get("margin_gradient", "exact") == "exact":
         d[kept, labels[kept]] = _derivative_factor_bound(cy, p["margin"])
     else:
         d[kept, labels[kept]] = 1.0

@@ -183,7 +183,7 @@ CASES = [
     ("target-int", with_params(target=0), TypeError, r"target must be a string.*got 0"),
     ("hard-unknown", with_params(hard="mv_fixed"), ValueError,
      r"hard = 'mv_fixed' is unknown: must be one of \('amm', 'mv-fixed', 'mv-adaptive', "
-     r"'none'\)"),
+     r"'none', 'curricular'\)"),
     ("hard-None", with_params(hard=None), TypeError, r"hard must be a string.*got None"),
     ("reduction-unknown", with_params(reduction="avg"), ValueError,
      r"reduction = 'avg' is unknown: must be one of \('mean', 'sum', 'none'\)"),

@@ -153,3 +153,21 @@ def test_head_target_row_near_the_largest_double():
                                                ptr(labels), ptr(loss), ptr(gx), ptr(gw))
     assert status == L.AMM_OK, last_error()
     assert np.isfinite(loss).all() and np.isfinite(gx).all() and np.isfinite(gw).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("t", [np.pi, 3.5, 1e30])
+def test_amm_margin_beyond_pi(t, dtype):
+    """Found by a long fuzz run: for t >= pi, g = cos(max(theta - t, 0)) is 1 for every hard
+    negative (theta <= pi), but the identity c cos t + sin(theta) sin t, taken where
+    c < cos t, gave cos(theta - t) for the negatives below cos t."""
+    import amm_softmax
+    from amm_softmax import reference
+    cos = np.array([[0.5, -0.95, -0.99, -0.2, 0.3]], dtype)
+    labels = np.array([0])
+    params = dict(target="cos", margin=1.5, hard="amm", hard_margin=t, scale=8.0)
+    loss, grad = amm_softmax.forward_backward(cos, labels, **params)
+    want_loss, want_grad = reference.forward_backward(cos, labels, **params)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, want_loss, rtol=tol)
+    np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)

@@ -279,7 +279,7 @@ def compare(x, w, labels, params, block_sizes=(0,), where="", **kw):
 # C > 8192, where the automatic block (8192) does not divide C either.
 SHAPES = [(0, 5, 7), (11, 1, 9), (9, 5, 1), (13, 8, 100), (40, 64, 3000), (5, 3, 9000)]
 BLOCKS = (0, 16, 7, 1000)
-HARD_MARGIN = {"amm": 0.2, "mv-fixed": 1.2, "mv-adaptive": 0.2, "none": 0.2}
+HARD_MARGIN = {"amm": 0.2, "mv-fixed": 1.2, "mv-adaptive": 0.2, "none": 0.2, "curricular": -0.3}
 MARGIN = {"arc": 0.5, "cos": 0.35}
 COMBOS = list(itertools.product(DTYPES, TARGETS, HARDS, REDUCTIONS))
 

@@ -30,16 +30,18 @@
 #define AMM_STRETCH_MAX(V, I, a, b) AMM_SELECT(V, I, (a) > (b), (a), (b))
 
 /* The negative logit's variant and constants (NegativeLogit): AMM_MINING_NONE (g = c), AMM
- * (amm_angular_negative), LINEAR (mv-fixed and mv-adaptive: g = c slope + offset where hard). */
-enum { AMM_MINING_NONE = 0, AMM_MINING_AMM = 1, AMM_MINING_LINEAR = 2 };
+ * (amm_angular_negative), LINEAR (mv-fixed and mv-adaptive: g = c slope + offset where hard),
+ * CURRICULAR (g = c (slope + c), dg/dc = slope + (c + c) where hard, slope = t). unit_slope:
+ * the straight-through margin gradient, dg/dc = 1 whatever the variant. */
+enum { AMM_MINING_NONE = 0, AMM_MINING_AMM = 1, AMM_MINING_LINEAR = 2, AMM_MINING_CURRICULAR = 3 };
 
 typedef struct {
-    int kind;
+    int kind, unit_slope;
     float threshold, cos_t, sin_t, bound, ceiling, slope, offset;
 } amm_mining_f32;
 
 typedef struct {
-    int kind;
+    int kind, unit_slope;
     double threshold, cos_t, sin_t, bound, ceiling, slope, offset;
 } amm_mining_f64;
 
@@ -65,10 +67,21 @@ AMM_INLINE V amm_stretch_value_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int k
         return amm_angular_negative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t, m->bound);    \
     if (kind == AMM_MINING_LINEAR)                                                                 \
         return AMM_SELECT(V, I, c > (V)(m->threshold), c * (V)(m->slope) + (V)(m->offset), c);     \
+    if (kind == AMM_MINING_CURRICULAR)                                                             \
+        return AMM_SELECT(V, I, c > (V)(m->threshold), c * ((V)(m->slope) + c), c);                \
     return c;                                                                                      \
 }                                                                                                  \
 AMM_INLINE V amm_stretch_value_slope_##SUFFIX(V c, const amm_mining_##SUFFIX *m, int kind,         \
                                               V *slope) {                                          \
+    if (m->unit_slope) {                                                                           \
+        *slope = (V)(1);                                                                           \
+        return amm_stretch_value_##SUFFIX(c, m, kind);                                             \
+    }                                                                                              \
+    if (kind == AMM_MINING_CURRICULAR) {                                                           \
+        const I hard = c > (V)(m->threshold);                                                      \
+        *slope = AMM_SELECT(V, I, hard, (V)(m->slope) + (c + c), (V)(1));                          \
+        return AMM_SELECT(V, I, hard, c * ((V)(m->slope) + c), c);                                 \
+    }                                                                                              \
     if (kind == AMM_MINING_AMM) {                                                                  \
         V g, dg;                                                                                   \
         amm_angular_negative_and_derivative_##SUFFIX##W(c, m->threshold, m->cos_t, m->sin_t,       \
@@ -230,6 +243,14 @@ AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scal
         else                                                                                       \
             amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_LINEAR, 0, 0, 0,   \
                                       0, out);                                                     \
+        return;                                                                                    \
+    case AMM_MINING_CURRICULAR:                                                                    \
+        if (weighted)                                                                              \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_CURRICULAR,        \
+                                      weighted, copy_from, copy_to, copy_count, out);              \
+        else                                                                                       \
+            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_CURRICULAR, 0, 0,  \
+                                      0, 0, out);                                                  \
         return;                                                                                    \
     default:                                                                                       \
         if (weighted)                                                                              \

@@ -1,0 +1,22 @@
+/* Half-precision storage (docs/FORMULATION.md, "Half precision"): bfloat16 and IEEE binary16
+ * values held in uint16_t, widened exactly to float on read and rounded to nearest, ties to
+ * even, on write. Plain integer arithmetic on the bit patterns, so that the results do not
+ * depend on the CPU's F16C or AVX512_BF16 support, nor on the caller's MXCSR (flush-to-zero
+ * and denormals-are-zero leave them unchanged). Internal to the library; not part of the C API. */
+#ifndef AMM_HALF_PRECISION_H
+#define AMM_HALF_PRECISION_H
+
+#include <stdint.h>
+
+/* dst[k] = the float value of src[k], exactly (NaN payloads kept in the high bits). */
+void amm_widen_bf16(const uint16_t *src, float *dst, long count);
+void amm_widen_f16(const uint16_t *src, float *dst, long count);
+
+/* dst[k] = src[k] rounded to the storage type, to nearest with ties to even (NaN stays NaN).
+ * Returns the index of the first element that rounds to an infinity although it is finite
+ * (beyond the type's range: bf16 about 3.39e38, f16 65504), or -1 when there is none; the
+ * elements after it are still written. */
+long amm_narrow_bf16(const float *src, uint16_t *dst, long count);
+long amm_narrow_f16(const float *src, uint16_t *dst, long count);
+
+#endif
