@@ -11,6 +11,8 @@ head_forward_backward.
 """
 from __future__ import annotations
 
+from typing import Any, Union
+
 import numpy as np
 
 from ._params import (check_block_size, check_cos, check_grad_output, check_head_inputs,
@@ -127,7 +129,8 @@ def _reduce(per_row_kept, kept, p):
     return total / per_row_kept.size if per_row_kept.size else 0.0
 
 
-def forward(cos, labels, *, hard_negatives=None, **params):
+def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray | None = None,
+            **params: Any) -> Union[float, np.ndarray]:
     """The loss: a float for mean/sum, an ndarray (N,) typed like cos for none."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     _write_counts(hard_negatives, x, y, kept, p)
@@ -136,7 +139,9 @@ def forward(cos, labels, *, hard_negatives=None, **params):
     return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
 
 
-def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None, **params):
+def backward(cos: np.ndarray, labels: np.ndarray, grad_output: Any = 1.0, *,
+             out: np.ndarray | None = None, hard_negatives: np.ndarray | None = None,
+             **params: Any) -> np.ndarray:
     """d loss / d cos times grad_output, an ndarray shaped and typed like cos (written into
     `out` as well when given, as the library does)."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
@@ -160,7 +165,9 @@ def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None, **p
     return out
 
 
-def forward_backward(cos, labels, *, out=None, hard_negatives=None, **params):
+def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | None = None,
+                     hard_negatives: np.ndarray | None = None,
+                     **params: Any) -> tuple[Union[float, np.ndarray], np.ndarray]:
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
     return (forward(cos, labels, hard_negatives=hard_negatives, **params),
             backward(cos, labels, 1.0, out=out, **params))
@@ -182,8 +189,11 @@ def _normalize_backward(v_hat, norms, grad_v_hat):
     return np.where((norms >= NORM_FLOOR)[:, None], projected, grad_v_hat / NORM_FLOOR)
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None,
-                          hard_negatives=None, **params):
+def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray, *,
+                          block_size: int = 0,
+                          out: tuple[np.ndarray, np.ndarray] | None = None,
+                          hard_negatives: np.ndarray | None = None,
+                          **params: Any) -> tuple[Union[float, np.ndarray], np.ndarray, np.ndarray]:
     """(loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
     and its backward, then back through the products and the normalisation. `block_size` is
