@@ -21,6 +21,10 @@ dpkg -s libopenblas-serial-dev >/dev/null 2>&1 || missing+=(libopenblas-serial-d
 # Open MPI (mpirun, and mpicc with the headers for mpi4py's build) for amm_softmax.mpi's tests.
 dpkg -s openmpi-bin >/dev/null 2>&1 || missing+=(openmpi-bin)
 dpkg -s libopenmpi-dev >/dev/null 2>&1 || missing+=(libopenmpi-dev)
+# CMake and pkg-config: scripts/test_install.sh builds C and C++ programs against an installed
+# prefix with each.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]} from Debian"
     apt-get update

@@ -11,6 +11,7 @@ import ctypes
 from typing import Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _library as L
 from ._params import (Params, abi_struct, check_block_size, check_cos, check_grad_output,
@@ -334,8 +335,8 @@ def kernel_build() -> str:
     return L.load().amm_kernel_build().decode()
 
 
-def curricular_t(t: float, target_cosines, labels=None, ignore_index: int = -100,
-                 alpha: float = 0.01) -> float:
+def curricular_t(t: float, target_cosines: ArrayLike, labels: ArrayLike | None = None,
+                 ignore_index: int = -100, alpha: float = 0.01) -> float:
     """CurricularFace's moving average before a step: alpha * mean(c_y) + (1 - alpha) * t over
     the rows that are not ignored (t unchanged when there are none). `target_cosines`: the
     step's c_y, e.g. from the `target_cosines=` output of a call on the same inputs, or computed

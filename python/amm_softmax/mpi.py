@@ -45,6 +45,8 @@ classes.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 try:
@@ -112,9 +114,12 @@ class MPICollectives(Collectives):
         return self.comm.bcast(text, root=root)
 
 
-def head_forward_backward(x_local, w_shard, labels_local, comm, *, class_start=None,
-                          sample_rate=1.0, seed=0, step=0, block_size=0, hard_negatives=None,
-                          return_sampled=False, traffic=None, **params):
+def head_forward_backward(x_local: np.ndarray, w_shard: np.ndarray, labels_local: np.ndarray,
+                          comm: Any, *, class_start: int | None = None,
+                          sample_rate: float = 1.0, seed: int = 0, step: int = 0,
+                          block_size: int = 0, hard_negatives: np.ndarray | None = None,
+                          return_sampled: bool = False, traffic: Traffic | None = None,
+                          **params: Any) -> tuple[Any, ...]:
     """The fused head sharded by class over `comm` (an mpi4py communicator).
 
     x_local (n_r, D): this rank's embeddings; w_shard (c_r, D): the class weights of this
@@ -140,8 +145,9 @@ def head_forward_backward(x_local, w_shard, labels_local, comm, *, class_start=N
         **params)
 
 
-def forward_backward(cos_shard, labels, comm, *, class_start=None, hard_negatives=None,
-                     traffic=None, **params):
+def forward_backward(cos_shard: np.ndarray, labels: np.ndarray, comm: Any, *,
+                     class_start: int | None = None, hard_negatives: np.ndarray | None = None,
+                     traffic: Traffic | None = None, **params: Any) -> tuple[Any, np.ndarray]:
     """The loss on cosine logits sharded by class over `comm`: every rank passes the same N
     rows and labels (global class ids) and its shard's columns, cos_shard (N, c_r) with c_r
     possibly 0. Returns (loss, grad_cos_shard): the loss of the whole problem (the same on

@@ -11,6 +11,8 @@ head_forward_backward; and CurricularFace's update of t, curricular_t.
 """
 from __future__ import annotations
 
+from typing import Any, Union
+
 import numpy as np
 
 from ._params import (check_block_size, check_cos, check_grad_output, check_head_inputs,
@@ -154,7 +156,9 @@ def _reduce(per_row_kept, kept, p):
     return total / per_row_kept.size if per_row_kept.size else 0.0
 
 
-def forward(cos, labels, *, hard_negatives=None, target_cosines=None, **params):
+def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray | None = None,
+            target_cosines: np.ndarray | None = None,
+            **params: Any) -> Union[float, np.ndarray]:
     """The loss: a float for mean/sum, an ndarray (N,) typed like cos for none."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
     _write_counts(hard_negatives, x, y, kept, p)
@@ -164,8 +168,10 @@ def forward(cos, labels, *, hard_negatives=None, target_cosines=None, **params):
     return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
 
 
-def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None,
-             target_cosines=None, **params):
+def backward(cos: np.ndarray, labels: np.ndarray, grad_output: Any = 1.0, *,
+             out: np.ndarray | None = None, hard_negatives: np.ndarray | None = None,
+             target_cosines: np.ndarray | None = None,
+             **params: Any) -> np.ndarray:
     """d loss / d cos times grad_output, an ndarray shaped and typed like cos (written into
     `out` as well when given, as the library does)."""
     p, cos, x, y, kept = _prepare(cos, labels, params)
@@ -190,8 +196,10 @@ def backward(cos, labels, grad_output=1.0, *, out=None, hard_negatives=None,
     return out
 
 
-def forward_backward(cos, labels, *, out=None, hard_negatives=None, target_cosines=None,
-                     **params):
+def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | None = None,
+                     hard_negatives: np.ndarray | None = None,
+                     target_cosines: np.ndarray | None = None,
+                     **params: Any) -> tuple[Union[float, np.ndarray], np.ndarray]:
     """(loss, grad_cos), as forward and backward with grad_output = 1."""
     return (forward(cos, labels, hard_negatives=hard_negatives, target_cosines=target_cosines,
                     **params),
@@ -214,8 +222,12 @@ def _normalize_backward(v_hat, norms, grad_v_hat):
     return np.where((norms >= NORM_FLOOR)[:, None], projected, grad_v_hat / NORM_FLOOR)
 
 
-def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None,
-                          hard_negatives=None, target_cosines=None, **params):
+def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray, *,
+                          block_size: int = 0,
+                          out: tuple[np.ndarray, np.ndarray] | None = None,
+                          hard_negatives: np.ndarray | None = None,
+                          target_cosines: np.ndarray | None = None,
+                          **params: Any) -> tuple[Union[float, np.ndarray], np.ndarray, np.ndarray]:
     """(loss, grad_embeddings, grad_weights) for the loss on
     cos = normalize(embeddings) normalize(weights)^T: normalise, multiply, the reference loss
     and its backward, then back through the products and the normalisation. `block_size` is
@@ -251,7 +263,8 @@ def head_forward_backward(embeddings, weights, labels, *, block_size=0, out=None
     return loss, grad_x.astype(dtype), grad_w.astype(dtype)
 
 
-def curricular_t(t, target_cosines, labels=None, ignore_index=-100, alpha=0.01):
+def curricular_t(t: float, target_cosines: Any, labels: Any = None, ignore_index: int = -100,
+                 alpha: float = 0.01) -> float:
     """CurricularFace's moving average, t <- alpha * mean(c_y) + (1 - alpha) * t, over the rows
     that are not ignored (t unchanged when there are none)."""
     c = np.asarray(target_cosines, dtype=np.float64)
