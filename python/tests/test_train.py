@@ -26,6 +26,7 @@ def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
     stdout = run("--quick", "--out", str(out), cwd=tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"digits", "synthetic"}
+    assert results["seeds"] == [0]                    # --quick: one seed unless --seeds
     for dataset, runs in results["results"].items():
         assert set(runs) == {"softmax", "CosFace", "ArcFace", "MV-Arc-Softmax", "AMM-Softmax"}
         for name, r in runs.items():
@@ -37,6 +38,48 @@ def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
             assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| AMM-Softmax |" in (out / "results.md").read_text()
     assert "hard negatives" in stdout  # the progress bars report the mined fraction
+
+
+def test_seeds_report_mean_sd_and_per_seed_values(tmp_path):
+    """--seeds 2: each row is the mean of its seeds with their sample sd, seed s is the run of
+    --seed s alone, and the paired differences are those of the per-seed values."""
+    out, alone = tmp_path / "two", tmp_path / "alone"
+    stdout = run("--quick", "--seeds", "2", "--out", str(out), cwd=tmp_path)
+    run("--quick", "--seed", "1", "--out", str(alone), cwd=tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    single = json.loads((alone / "results.json").read_text())["results"]
+    assert results["seeds"] == [0, 1]
+    metrics = ("identification", "auc", "tar_1e2", "tar_1e3", "intra_angle", "inter_angle")
+    for dataset, runs in results["results"].items():
+        for name, r in runs.items():
+            for k in metrics:
+                values = r["per_seed"][k]
+                assert len(values) == 2
+                assert r[k] == pytest.approx(np.mean(values), abs=1e-12)
+                assert r["sd"][k] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+                assert values[1] == single[dataset][name][k]   # seed 1 is --seed 1's run
+            # Seeds draw their own weights, batches and held-out samples: they must differ.
+            assert r["sd"]["auc"] > 0 and r["sd"]["loss_last"] > 0, (dataset, name)
+            assert r["per_seed"]["curve"][1] == single[dataset][name]["curve"]
+            assert r["curve"] == pytest.approx(np.mean(r["per_seed"]["curve"], axis=0))
+        for name, row in results["differences"][dataset].items():
+            ref = runs["AMM-Softmax"]["per_seed"]["tar_1e3"]
+            d = [a - b for a, b in zip(ref, runs[name]["per_seed"]["tar_1e3"])]
+            c = row["tar_1e3"]
+            assert c["per_seed"] == pytest.approx(d, abs=1e-15)
+            assert c["sd"] == pytest.approx(np.std(d, ddof=1), abs=1e-15)
+            assert c["beyond_spread"] == (abs(np.mean(d)) > 2 * np.std(d, ddof=1))
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "(mean ± sd over seeds 0, 1)" in text and "AMM-Softmax minus" in text
+    assert " ± " in text.split("| AMM-Softmax |")[1].splitlines()[0]
+    assert "mean ± sd over seeds 0, 1" in stdout
+
+
+def test_seeds_must_be_positive(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    done = subprocess.run([sys.executable, "-m", "amm_softmax.train", "--seeds", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "--seeds 0: must be >= 1" in done.stderr
 
 
 def test_user_data(tmp_path):
