@@ -6,7 +6,7 @@
     python -m amm_softmax.train --sample-rate R [R ...] [...]
     amm-softmax train ...                       (the same, through the installed command)
 
-For each configuration (plain normalised softmax, CosFace, ArcFace, MV-Arc-Softmax, AMM-Softmax)
+For each configuration (plain normalised softmax, CosFace, ArcFace, MV-AM-Softmax, AMM-Softmax)
 the same small network (an MLP 128-32 with Adam, the same seed, budget and initial weights) is
 trained with the library's fused head on the identities of the training split -- in PyTorch
 with amm_softmax.torch.AMMSoftmaxHead when torch is importable, in NumPy otherwise
@@ -66,7 +66,9 @@ CONFIGS = {
     "softmax": dict(target="cos", margin=0.0, hard="none"),
     "CosFace": dict(target="cos", margin=0.35, hard="none"),
     "ArcFace": dict(target="arc", margin=0.5, hard="none"),
-    "MV-Arc-Softmax": dict(target="arc", margin=0.5, hard="mv-fixed", hard_margin=1.2),
+    # FaceX-Zoo's published MV-Softmax training settings (head_conf.yaml: is_am 1, margin 0.35,
+    # mv_weight 1.12, scale 32): the arc variant at m = 0.5 collapses here at t = 1.2 and 1.12.
+    "MV-AM-Softmax": dict(target="cos", margin=0.35, hard="mv-fixed", hard_margin=1.12),
     "AMM-Softmax": dict(target="arc", margin=0.5, hard="amm", hard_margin=0.2),
 }
 SCALE = 32.0

@@ -28,7 +28,7 @@ def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
     assert set(results["results"]) == {"digits", "synthetic"}
     assert results["seeds"] == [0]                    # --quick: one seed unless --seeds
     for dataset, runs in results["results"].items():
-        assert set(runs) == {"softmax", "CosFace", "ArcFace", "MV-Arc-Softmax", "AMM-Softmax"}
+        assert set(runs) == {"softmax", "CosFace", "ArcFace", "MV-AM-Softmax", "AMM-Softmax"}
         for name, r in runs.items():
             assert r["curve"][-1] < r["curve"][0], (dataset, name, r["curve"])
             assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["identification"] <= 1.0
