@@ -6,11 +6,11 @@
     python -m amm_softmax.train --sample-rate R [R ...] [...]
     amm-softmax train ...                       (the same, through the installed command)
 
-For each configuration (plain normalised softmax, CosFace, ArcFace, MV-AM-Softmax, AMM-Softmax)
-the same small network (an MLP 128-32 with Adam, the same seed, budget and initial weights) is
-trained with the library's fused head on the identities of the training split -- in PyTorch
-with amm_softmax.torch.AMMSoftmaxHead when torch is importable, in NumPy otherwise
-(`--backend`); then:
+For each configuration (plain normalised softmax, CosFace, ArcFace, MV-AM-Softmax, AMM-Softmax,
+and CurricularFace where the library has hard="curricular") the same small network (an MLP
+128-32 with Adam, the same seed, budget and initial weights) is trained with the library's fused
+head on the identities of the training split -- in PyTorch with amm_softmax.torch.AMMSoftmaxHead
+when torch is importable, in NumPy otherwise (`--backend`); then:
 
 - identification: accuracy of the nearest class weight on held-out samples of those identities;
 - verification on identities never seen in training: ROC AUC and TAR at FAR = 1e-2 and 1e-3
@@ -71,8 +71,41 @@ CONFIGS = {
     "MV-AM-Softmax": dict(target="cos", margin=0.35, hard="mv-fixed", hard_margin=1.12),
     "AMM-Softmax": dict(target="arc", margin=0.5, hard="amm", hard_margin=0.2),
 }
+# CurricularFace's t is a moving average of the target cosine, passed to each step as
+# hard_margin (curricular_t); the row runs only where the library knows the kind.
+CURRICULAR = "CurricularFace"
+CURRICULAR_CONFIG = dict(target="arc", margin=0.5, hard="curricular")
 SCALE = 32.0
 METRICS = ("identification", "auc", "tar_1e2", "tar_1e3", "intra_angle", "inter_angle")
+
+
+def curricular_supported() -> bool:
+    """Whether the loaded library accepts hard="curricular" (a one-row call of the head)."""
+    try:
+        head_forward_backward(np.ones((1, 2), np.float32), np.ones((2, 2), np.float32),
+                              np.zeros(1, np.int64), hard="curricular", hard_margin=0.0,
+                              **{k: v for k, v in CURRICULAR_CONFIG.items() if k != "hard"})
+    except ValueError:  # an unknown kind is a ValueError from the package or the C library
+        return False
+    return True
+
+
+def configurations() -> dict:
+    """CONFIGS, with CurricularFace before AMM-Softmax where the library supports it."""
+    if not curricular_supported():
+        return dict(CONFIGS)
+    names = list(CONFIGS)
+    names.insert(names.index("AMM-Softmax"), CURRICULAR)
+    return {n: CURRICULAR_CONFIG if n == CURRICULAR else CONFIGS[n] for n in names}
+
+
+def curricular_t(t: float, embeddings, classes, labels, alpha=0.01) -> float:
+    """CurricularFace's update t <- alpha mean(c_y) + (1 - alpha) t, c_y the cosine of each
+    row's normalised embedding with its class's normalised weight (the job has no ignored
+    rows), computed in float64 before the step that uses t."""
+    e = _unit(np.asarray(embeddings, dtype=np.float64))
+    w = _unit(np.asarray(classes, dtype=np.float64)[labels])
+    return alpha * float(np.sum(e * w, axis=1).mean()) + (1 - alpha) * t
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +182,7 @@ class Network:
     params: dict
     moments: dict = field(default_factory=dict)
     step: int = 0
+    t: float = 0.0   # CurricularFace's moving average, which the NumPy back-end keeps itself
 
     @staticmethod
     def create(inputs, hidden, dim, classes, rng):
@@ -166,6 +200,9 @@ class Network:
     def train_step(self, x, y, config, lr):
         """One step; returns (loss, number of hard negatives, number of negatives)."""
         emb, h = self.embed(x)
+        if config.get("hard") == "curricular":
+            self.t = curricular_t(self.t, emb.astype(np.float32), self.params["classes"], y)
+            config = dict(config, hard_margin=self.t)
         counts = np.zeros(len(y), dtype=np.int64)
         loss, g_emb, g_classes = head_forward_backward(
             emb.astype(np.float32), self.params["classes"], y, scale=SCALE,
@@ -937,7 +974,7 @@ def run_main_job(args) -> int:
     """Every configuration on every data set over the seeds; the tables, plots and JSON."""
     seeds = list(range(args.seed, args.seed + (args.seeds or (1 if args.quick else 3))))
     epochs = args.epochs or (4 if args.quick else 30)
-    configs = dict(CONFIGS)
+    configs = configurations()
     started, cpu_started = time.perf_counter(), time.process_time()
     by_seed = {seed: _splits(args, seed) for seed in seeds}
     results, differences_all, report = {}, {}, []
@@ -984,7 +1021,9 @@ def run_main_job(args) -> int:
 def _settings_text(configs: dict) -> str:
     def one(name, c):
         parts = [f"target {c['target']}", f"m = {c['margin']:g}", f"hard {c['hard']}"]
-        if "hard_margin" in c:
+        if c["hard"] == "curricular":
+            parts.append("t = the moving average of the target cosine (from 0)")
+        elif "hard_margin" in c:
             parts.append(f"t = {c['hard_margin']:g}")
         return f"{name}: {', '.join(parts)}"
     return "Settings: " + "; ".join(one(n, c) for n, c in configs.items()) + "."
