@@ -1,15 +1,16 @@
 """Train embeddings with each loss of the family and compare what the margin and the mining buy.
 
     python -m amm_softmax.train [--data PATH.npz] [--quick] [--epochs E] [--out DIR] [--seed S]
+                                [--seeds K]
     python -m amm_softmax.train --ranks P [--sample-rate R ...] [...]
     python -m amm_softmax.train --sample-rate R [R ...] [...]
     amm-softmax train ...                       (the same, through the installed command)
 
-For each configuration (plain normalised softmax, CosFace, ArcFace, MV-Arc-Softmax, AMM-Softmax)
-the same small network (an MLP 128-32 with Adam, the same seed, budget and initial weights) is
-trained with the library's fused head on the identities of the training split -- in PyTorch
-with amm_softmax.torch.AMMSoftmaxHead when torch is importable, in NumPy otherwise
-(`--backend`); then:
+For each configuration (plain normalised softmax, CosFace, ArcFace, MV-AM-Softmax, AMM-Softmax,
+and CurricularFace where the library has hard="curricular") the same small network (an MLP
+128-32 with Adam, the same seed, budget and initial weights) is trained with the library's fused
+head on the identities of the training split -- in PyTorch with amm_softmax.torch.AMMSoftmaxHead
+when torch is importable, in NumPy otherwise (`--backend`); then:
 
 - identification: accuracy of the nearest class weight on held-out samples of those identities;
 - verification on identities never seen in training: ROC AUC and TAR at FAR = 1e-2 and 1e-3
@@ -22,9 +23,17 @@ Data: `digits` (scikit-learn's bundled handwritten digits: classes 0-5 train, 6-
 nuisance factors, seeded), or `--data PATH` (an .npz with `x`, features, and `y`, identity
 labels; a quarter of the identities are held out as unseen). By default both embedded sets run.
 
-Writes to --out (default out/train): results.json, results.md (the table), and PNG plots: loss
-curves, ROC curves and angle histograms. Progress bars show each epoch's loss and the fraction of
-negatives mined as hard (counted by the kernels: `hard_negatives=`).
+Each configuration runs on each data set over --seeds K seeds (default 3; 1 with --quick):
+seed S, S+1, ..., each drawing its own split of held-out samples, initial weights and batch
+order (seed s is exactly the run `--seed s --seeds 1`), and the tables give the mean and the
+sample standard deviation over the seeds, with the paired per-seed differences of AMM-Softmax
+against every other configuration.
+
+Writes to --out (default out/train): results.json (means, standard deviations and per-seed
+values), results.md (the tables), and PNG plots: loss curves and ROC curves (means with a band
+of mean +- sd over the seeds), angle histograms (the seeds pooled). Progress bars show each
+epoch's loss and the fraction of negatives mined as hard (counted by the kernels:
+`hard_negatives=`).
 
 Scaling by class (docs/SCALING.md), on the AMM-Softmax configuration and the NumPy network:
 
@@ -57,10 +66,46 @@ CONFIGS = {
     "softmax": dict(target="cos", margin=0.0, hard="none"),
     "CosFace": dict(target="cos", margin=0.35, hard="none"),
     "ArcFace": dict(target="arc", margin=0.5, hard="none"),
-    "MV-Arc-Softmax": dict(target="arc", margin=0.5, hard="mv-fixed", hard_margin=1.2),
+    # FaceX-Zoo's published MV-Softmax training settings (head_conf.yaml: is_am 1, margin 0.35,
+    # mv_weight 1.12, scale 32): the arc variant at m = 0.5 collapses here at t = 1.2 and 1.12.
+    "MV-AM-Softmax": dict(target="cos", margin=0.35, hard="mv-fixed", hard_margin=1.12),
     "AMM-Softmax": dict(target="arc", margin=0.5, hard="amm", hard_margin=0.2),
 }
+# CurricularFace's t is a moving average of the target cosine, passed to each step as
+# hard_margin (curricular_t); the row runs only where the library knows the kind.
+CURRICULAR = "CurricularFace"
+CURRICULAR_CONFIG = dict(target="arc", margin=0.5, hard="curricular")
 SCALE = 32.0
+METRICS = ("identification", "auc", "tar_1e2", "tar_1e3", "intra_angle", "inter_angle")
+
+
+def curricular_supported() -> bool:
+    """Whether the loaded library accepts hard="curricular" (a one-row call of the head)."""
+    try:
+        head_forward_backward(np.ones((1, 2), np.float32), np.ones((2, 2), np.float32),
+                              np.zeros(1, np.int64), hard="curricular", hard_margin=0.0,
+                              **{k: v for k, v in CURRICULAR_CONFIG.items() if k != "hard"})
+    except ValueError:  # an unknown kind is a ValueError from the package or the C library
+        return False
+    return True
+
+
+def configurations() -> dict:
+    """CONFIGS, with CurricularFace before AMM-Softmax where the library supports it."""
+    if not curricular_supported():
+        return dict(CONFIGS)
+    names = list(CONFIGS)
+    names.insert(names.index("AMM-Softmax"), CURRICULAR)
+    return {n: CURRICULAR_CONFIG if n == CURRICULAR else CONFIGS[n] for n in names}
+
+
+def curricular_t(t: float, embeddings, classes, labels, alpha=0.01) -> float:
+    """CurricularFace's update t <- alpha mean(c_y) + (1 - alpha) t, c_y the cosine of each
+    row's normalised embedding with its class's normalised weight (the job has no ignored
+    rows), computed in float64 before the step that uses t."""
+    e = _unit(np.asarray(embeddings, dtype=np.float64))
+    w = _unit(np.asarray(classes, dtype=np.float64)[labels])
+    return alpha * float(np.sum(e * w, axis=1).mean()) + (1 - alpha) * t
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,6 +182,7 @@ class Network:
     params: dict
     moments: dict = field(default_factory=dict)
     step: int = 0
+    t: float = 0.0   # CurricularFace's moving average, which the NumPy back-end keeps itself
 
     @staticmethod
     def create(inputs, hidden, dim, classes, rng):
@@ -154,6 +200,9 @@ class Network:
     def train_step(self, x, y, config, lr):
         """One step; returns (loss, number of hard negatives, number of negatives)."""
         emb, h = self.embed(x)
+        if config.get("hard") == "curricular":
+            self.t = curricular_t(self.t, emb.astype(np.float32), self.params["classes"], y)
+            config = dict(config, hard_margin=self.t)
         counts = np.zeros(len(y), dtype=np.int64)
         loss, g_emb, g_classes = head_forward_backward(
             emb.astype(np.float32), self.params["classes"], y, scale=SCALE,
@@ -234,7 +283,7 @@ def progress(prefix, done_fraction, epoch, epochs, loss, hard, width=24):
     of negatives the last batch mined as hard."""
     done = int(width * done_fraction)
     bar = "#" * done + "." * (width - done)
-    sys.stdout.write(f"\r  {prefix:<16}[{bar}] epoch {epoch:>3}/{epochs}  loss {loss:8.4f}  "
+    sys.stdout.write(f"\r  {prefix:<20}[{bar}] epoch {epoch:>3}/{epochs}  loss {loss:8.4f}  "
                      f"hard negatives {hard:6.2%}")
     sys.stdout.flush()
 
@@ -303,7 +352,25 @@ def train(split: Split, name: str, config: dict, epochs: int, seed: int, backend
     return net, curve
 
 
+def _tar_on(roc_curve, grid):
+    """The ROC's true accept rate at each false accept rate of `grid` (as tar_at reads it), so
+    that the seeds' curves can be averaged on one axis."""
+    far, tar = roc_curve
+    return tar[np.searchsorted(far, grid, side="right") - 1]
+
+
+def _band(ax, x, rows, label):
+    """The mean of `rows` (one per seed) as a line, and mean +- sd as a shaded band."""
+    rows = np.asarray(rows, dtype=np.float64)
+    mean = rows.mean(0)
+    line, = ax.plot(x, mean, label=label)
+    if len(rows) > 1:
+        sd = rows.std(0, ddof=1)
+        ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
+
+
 def plot(out: Path, dataset: str, runs: dict):
+    """runs: configuration -> the list of its seeds' runs (curve, metrics)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -312,27 +379,35 @@ def plot(out: Path, dataset: str, runs: dict):
         print("  (no plots: matplotlib is not installed)")
         return []
     paths = []
+    seeds = len(next(iter(runs.values())))
+    band = f"mean over {seeds} seeds, band mean ± sd" if seeds > 1 else "1 seed"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in runs.items():
-        ax.plot(np.arange(1, len(r["curve"]) + 1), r["curve"], label=name)
+    for name, rs in runs.items():
+        curves = [r["curve"] for r in rs]
+        _band(ax, np.arange(1, len(curves[0]) + 1), curves, name)
     ax.set(xlabel="epoch", ylabel="training loss (each its own loss)", yscale="log",
-           title=f"Training loss, {dataset}")
+           title=f"Training loss, {dataset}\n({band})")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / f"{dataset}_loss.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in runs.items():
-        far, tar = r["metrics"]["roc"]
-        ax.plot(np.maximum(far, 1e-5), tar, label=f"{name} (AUC {r['metrics']['auc']:.3f})")
-    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate",
-           title=f"Verification of unseen identities, {dataset}")
+    grid = np.logspace(-5, 0, 400)
+    for name, rs in runs.items():
+        auc = np.mean([r["metrics"]["auc"] for r in rs])
+        _band(ax, grid, [_tar_on(r["metrics"]["roc"], grid) for r in rs],
+              f"{name} (AUC {auc:.3f})")
+    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1),
+           title=f"Verification of unseen identities, {dataset}\n({band})")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / f"{dataset}_roc.png"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, r in runs.items():
-        axes[0].hist(r["metrics"]["intra"], bins=40, histtype="step", label=name)
-        axes[1].hist(r["metrics"]["inter"], bins=40, histtype="step", label=name)
-    axes[0].set(xlabel="degrees", title="sample to its identity's mean (unseen)")
-    axes[1].set(xlabel="degrees", title="identity to the nearest other identity (unseen)")
+    for name, rs in runs.items():
+        axes[0].hist(np.concatenate([r["metrics"]["intra"] for r in rs]), bins=40,
+                     histtype="step", label=name)
+        axes[1].hist(np.concatenate([r["metrics"]["inter"] for r in rs]), bins=40,
+                     histtype="step", label=name)
+    pooled = f" ({seeds} seeds pooled)" if seeds > 1 else ""
+    axes[0].set(xlabel="degrees", title=f"sample to its identity's mean (unseen){pooled}")
+    axes[1].set(xlabel="degrees", title=f"identity to the nearest other (unseen){pooled}")
     axes[1].legend(fontsize=8)
     paths.append(_save(fig, out / f"{dataset}_angles.png"))
     return paths
@@ -356,6 +431,97 @@ def table(dataset: str, runs: dict) -> str:
                      f"{m['identification']:.3f} | {m['auc']:.4f} | {m['tar_1e2']:.3f} | "
                      f"{m['tar_1e3']:.3f} | {m['intra_angle']:.1f} deg | "
                      f"{m['inter_angle']:.1f} deg |")
+    return "\n".join(lines)
+
+
+def _sd(values) -> float | None:
+    """The sample standard deviation (ddof 1) over the seeds; None for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def summarise(seed_runs: list) -> dict:
+    """One configuration over its seeds: the mean of each metric and of the loss curve at the
+    top level (the keys of a single run), `sd` and `per_seed` beside them."""
+    per_seed = {k: [float(r["metrics"][k]) for r in seed_runs] for k in METRICS}
+    curves = [list(r["curve"]) for r in seed_runs]
+    firsts, lasts = [c[0] for c in curves], [c[-1] for c in curves]
+    sd = {k: _sd(v) for k, v in per_seed.items()}
+    sd.update(loss_first=_sd(firsts), loss_last=_sd(lasts))
+    return dict(curve=np.mean(curves, axis=0).tolist(),
+                **{k: float(np.mean(v)) for k, v in per_seed.items()},
+                sd=sd, per_seed=dict(per_seed, curve=curves))
+
+
+def _pm(mean: float, sd: float | None, digits: int, unit: str = "") -> str:
+    return f"{mean:.{digits}f}{unit}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
+def seed_table(dataset: str, summaries: dict, seeds: list) -> str:
+    """The table of means ± sample standard deviations over the seeds."""
+    over = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else \
+        f"seed {seeds[0]}"
+    head = ("| configuration | loss first -> last epoch | identification | ROC AUC | "
+            "TAR@FAR=1e-2 | TAR@FAR=1e-3 | intra angle (deg) | nearest inter angle (deg) |")
+    lines = [f"**{dataset}** ({over})", "", head, "|" + " --- |" * 8]
+    for name, r in summaries.items():
+        sd = r["sd"]
+        lines.append(f"| {name} | {r['curve'][0]:.3f} -> "
+                     f"{_pm(r['curve'][-1], sd['loss_last'], 3)} | "
+                     f"{_pm(r['identification'], sd['identification'], 3)} | "
+                     f"{_pm(r['auc'], sd['auc'], 4)} | {_pm(r['tar_1e2'], sd['tar_1e2'], 3)} | "
+                     f"{_pm(r['tar_1e3'], sd['tar_1e3'], 3)} | "
+                     f"{_pm(r['intra_angle'], sd['intra_angle'], 1)} | "
+                     f"{_pm(r['inter_angle'], sd['inter_angle'], 1)} |")
+    return "\n".join(lines)
+
+
+REFERENCE = "AMM-Softmax"
+DIFFERENCE_METRICS = ("identification", "auc", "tar_1e2", "tar_1e3")
+SPREAD = 2.0   # a paired difference is beyond the spread when |mean| > SPREAD x its sd
+
+
+def differences(summaries: dict) -> dict:
+    """AMM-Softmax minus each other configuration, paired by seed (the two share the seed's
+    split, initial weights and batches): per metric the per-seed differences, their mean and
+    sample sd, and whether |mean| exceeds SPREAD sds (None with one seed)."""
+    if REFERENCE not in summaries:
+        return {}
+    ref = summaries[REFERENCE]["per_seed"]
+    out = {}
+    for name, r in summaries.items():
+        if name == REFERENCE:
+            continue
+        out[name] = {}
+        for k in DIFFERENCE_METRICS:
+            d = [a - b for a, b in zip(ref[k], r["per_seed"][k])]
+            mean, sd = float(np.mean(d)), _sd(d)
+            out[name][k] = dict(mean=mean, sd=sd, per_seed=d,
+                                beyond_spread=None if sd is None else abs(mean) > SPREAD * sd)
+    return out
+
+
+def difference_table(dataset: str, diffs: dict) -> str:
+    if not diffs:
+        return ""
+    names = {"identification": "identification", "auc": "ROC AUC", "tar_1e2": "TAR@FAR=1e-2",
+             "tar_1e3": "TAR@FAR=1e-3"}
+    lines = [f"**{dataset}: {REFERENCE} minus each configuration, paired by seed**", "",
+             f"| {REFERENCE} minus | " + " | ".join(names[k] for k in DIFFERENCE_METRICS) + " |",
+             "|" + " --- |" * (1 + len(DIFFERENCE_METRICS))]
+    for name, row in diffs.items():
+        cells = []
+        for k in DIFFERENCE_METRICS:
+            c = row[k]
+            digits = 4 if k == "auc" else 3
+            text = f"{c['mean']:+.{digits}f}" + ("" if c["sd"] is None else
+                                                  f" ± {c['sd']:.{digits}f}")
+            if c["beyond_spread"] is not None:
+                text += " beyond" if c["beyond_spread"] else " within"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Each cell: the mean ± sd over the seeds of the per-seed difference; "
+              f"\"beyond\" when |mean| > {SPREAD:g} sd (the seed-to-seed spread of the "
+              f"difference), else \"within\"."]
     return "\n".join(lines)
 
 
@@ -742,7 +908,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="an .npz with x (features) and y (identities)")
     ap.add_argument("--quick", action="store_true", help="a small run (seconds), for tests")
     ap.add_argument("--epochs", type=int, help="epochs per configuration")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the first seed")
+    ap.add_argument("--seeds", type=int, metavar="K",
+                    help="seeds per configuration and data set: --seed, --seed + 1, ... "
+                         "(default 3, 1 with --quick; --ranks and --sample-rate use --seed "
+                         "alone)")
     ap.add_argument("--out", type=Path, default=Path("out/train"))
     ap.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
                     help="the network's framework: torch if importable (auto), else numpy")
@@ -756,6 +926,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.ranks is not None and args.ranks < 1:
         ap.error(f"--ranks {args.ranks}: must be >= 1")
+    if args.seeds is not None and args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: must be >= 1")
     for rate in args.sample_rate or []:
         if not 0.0 < rate <= 1.0:
             ap.error(f"--sample-rate {rate}: must be in (0, 1]")
@@ -774,39 +946,87 @@ def main(argv=None) -> int:
         except Exception:  # ImportError, or a torch that cannot load its libraries
             args.backend = "numpy"
     args.out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(args.seed)
+    return run_main_job(args)
+
+
+def _splits(args, seed: int) -> list:
+    """The data sets as seed `seed` splits them (the identities never change with it)."""
+    rng = np.random.default_rng(seed)
     if args.data:
-        splits = [user_data(args.data, rng)]
-    else:
-        splits = [digits(rng), synthetic(rng, quick=args.quick)]
+        return [user_data(args.data, rng)]
+    return [digits(rng), synthetic(rng, quick=args.quick)]
+
+
+def _machine() -> str:
+    """The CPU model and core count, for the record of a measurement."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def run_main_job(args) -> int:
+    """Every configuration on every data set over the seeds; the tables, plots and JSON."""
+    seeds = list(range(args.seed, args.seed + (args.seeds or (1 if args.quick else 3))))
     epochs = args.epochs or (4 if args.quick else 30)
-    started = time.perf_counter()
-    results, report = {}, []
-    for split in splits:
-        print(f"{split.name}: {len(split.y_train)} training samples of "
-              f"{split.y_train.max() + 1} identities, {len(split.y_test)} held out, "
-              f"{len(split.y_unseen)} samples of {len(np.unique(split.y_unseen))} unseen "
-              f"identities; {epochs} epochs, seed {args.seed}, s = {SCALE:g}, "
-              f"network in {args.backend}")
-        runs = {}
-        for name, config in CONFIGS.items():
-            net, curve = train(split, name, config, epochs, args.seed, args.backend)
-            runs[name] = dict(curve=curve, metrics=evaluate(net, split))
-        report.append(table(split.name, runs))
-        print("\n" + report[-1] + "\n")
-        plots = plot(args.out, split.name, runs)
-        results[split.name] = {name: dict(curve=r["curve"], **{
-            k: v for k, v in r["metrics"].items() if k not in ("roc", "intra", "inter")})
-            for name, r in runs.items()}
-        for p in plots:
+    configs = configurations()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    by_seed = {seed: _splits(args, seed) for seed in seeds}
+    results, differences_all, report = {}, {}, []
+    for index, first in enumerate(by_seed[seeds[0]]):
+        print(f"{first.name}: {len(first.y_train)} training samples of "
+              f"{first.y_train.max() + 1} identities, {len(first.y_test)} held out, "
+              f"{len(first.y_unseen)} samples of {len(np.unique(first.y_unseen))} unseen "
+              f"identities; {epochs} epochs, seeds {', '.join(map(str, seeds))}, "
+              f"s = {SCALE:g}, network in {args.backend}")
+        runs = {name: [] for name in configs}
+        for seed in seeds:
+            split = by_seed[seed][index]
+            for name, config in configs.items():
+                net, curve = train(split, f"{name} s{seed}", config, epochs, seed, args.backend)
+                runs[name].append(dict(curve=curve, metrics=evaluate(net, split)))
+        summaries = {name: summarise(rs) for name, rs in runs.items()}
+        diffs = differences(summaries)
+        tables = [seed_table(first.name, summaries, seeds)]
+        if len(seeds) > 1 and diffs:
+            tables.append(difference_table(first.name, diffs))
+        report += tables
+        print("\n" + "\n\n".join(tables) + "\n")
+        for p in plot(args.out, first.name, runs):
             print(f"  wrote {p}")
+        results[first.name] = summaries
+        differences_all[first.name] = diffs
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    when = time.strftime("%Y-%m-%d")
+    footer = (f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), {epochs} epochs, "
+              f"s = {SCALE:g}, network in {args.backend}; {when}, {_machine()}; "
+              f"{seconds:.0f} s wall, {cpu:.0f} s CPU.")
     (args.out / "results.json").write_text(json.dumps(
-        dict(seed=args.seed, epochs=epochs, scale=SCALE, backend=args.backend, configs=CONFIGS,
-             results=results),
-        indent=1))
-    (args.out / "results.md").write_text("\n\n".join(report) + "\n")
-    print(f"results in {args.out} ({time.perf_counter() - started:.0f} s)")
+        dict(seed=args.seed, seeds=seeds, epochs=epochs, scale=SCALE, backend=args.backend,
+             configs=configs, results=results, differences=differences_all,
+             spread_rule=f"|mean| > {SPREAD:g} sd of the paired per-seed differences",
+             date=when, machine=_machine(), seconds=seconds, cpu_seconds=cpu),
+        indent=1), encoding="utf-8")
+    (args.out / "results.md").write_text("\n\n".join(report + [_settings_text(configs), footer])
+                                         + "\n", encoding="utf-8")
+    print(f"results in {args.out} ({seconds:.0f} s)")
     return 0
+
+
+def _settings_text(configs: dict) -> str:
+    def one(name, c):
+        parts = [f"target {c['target']}", f"m = {c['margin']:g}", f"hard {c['hard']}"]
+        if c["hard"] == "curricular":
+            parts.append("t = the moving average of the target cosine (from 0)")
+        elif "hard_margin" in c:
+            parts.append(f"t = {c['hard_margin']:g}")
+        return f"{name}: {', '.join(parts)}"
+    return "Settings: " + "; ".join(one(n, c) for n, c in configs.items()) + "."
 
 
 if __name__ == "__main__":

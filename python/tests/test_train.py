@@ -21,13 +21,22 @@ def run(*args, cwd):
     return done.stdout
 
 
+def expected_configurations() -> set:
+    """The rows of the main job: CurricularFace's only where the library has its kind."""
+    sys.path.insert(0, str(PYTHON_DIR))
+    from amm_softmax import train as t
+    names = {"softmax", "CosFace", "ArcFace", "MV-AM-Softmax", "AMM-Softmax"}
+    return names | {"CurricularFace"} if t.curricular_supported() else names
+
+
 def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
     out = tmp_path / "out"
     stdout = run("--quick", "--out", str(out), cwd=tmp_path)
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"digits", "synthetic"}
+    assert results["seeds"] == [0]                    # --quick: one seed unless --seeds
     for dataset, runs in results["results"].items():
-        assert set(runs) == {"softmax", "CosFace", "ArcFace", "MV-Arc-Softmax", "AMM-Softmax"}
+        assert set(runs) == expected_configurations()
         for name, r in runs.items():
             assert r["curve"][-1] < r["curve"][0], (dataset, name, r["curve"])
             assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["identification"] <= 1.0
@@ -37,6 +46,102 @@ def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
             assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| AMM-Softmax |" in (out / "results.md").read_text()
     assert "hard negatives" in stdout  # the progress bars report the mined fraction
+
+
+def test_seeds_report_mean_sd_and_per_seed_values(tmp_path):
+    """--seeds 2: each row is the mean of its seeds with their sample sd, seed s is the run of
+    --seed s alone, and the paired differences are those of the per-seed values."""
+    out, alone = tmp_path / "two", tmp_path / "alone"
+    stdout = run("--quick", "--seeds", "2", "--out", str(out), cwd=tmp_path)
+    run("--quick", "--seed", "1", "--out", str(alone), cwd=tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    single = json.loads((alone / "results.json").read_text())["results"]
+    assert results["seeds"] == [0, 1]
+    metrics = ("identification", "auc", "tar_1e2", "tar_1e3", "intra_angle", "inter_angle")
+    for dataset, runs in results["results"].items():
+        for name, r in runs.items():
+            for k in metrics:
+                values = r["per_seed"][k]
+                assert len(values) == 2
+                assert r[k] == pytest.approx(np.mean(values), abs=1e-12)
+                assert r["sd"][k] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+                assert values[1] == single[dataset][name][k]   # seed 1 is --seed 1's run
+            # Seeds draw their own weights, batches and held-out samples: they must differ.
+            assert r["sd"]["auc"] > 0 and r["sd"]["loss_last"] > 0, (dataset, name)
+            assert r["per_seed"]["curve"][1] == single[dataset][name]["curve"]
+            assert r["curve"] == pytest.approx(np.mean(r["per_seed"]["curve"], axis=0))
+        for name, row in results["differences"][dataset].items():
+            ref = runs["AMM-Softmax"]["per_seed"]["tar_1e3"]
+            d = [a - b for a, b in zip(ref, runs[name]["per_seed"]["tar_1e3"])]
+            c = row["tar_1e3"]
+            assert c["per_seed"] == pytest.approx(d, abs=1e-15)
+            assert c["sd"] == pytest.approx(np.std(d, ddof=1), abs=1e-15)
+            assert c["beyond_spread"] == (abs(np.mean(d)) > 2 * np.std(d, ddof=1))
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "(mean ± sd over seeds 0, 1)" in text and "AMM-Softmax minus" in text
+    assert " ± " in text.split("| AMM-Softmax |")[1].splitlines()[0]
+    assert "mean ± sd over seeds 0, 1" in stdout
+
+
+def test_seeds_must_be_positive(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    done = subprocess.run([sys.executable, "-m", "amm_softmax.train", "--seeds", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "--seeds 0: must be >= 1" in done.stderr
+
+
+def test_curricular_t_is_the_moving_average_of_the_target_cosine():
+    """The NumPy back-end's CurricularFace state: t <- 0.01 mean(c_y) + 0.99 t, with c_y the
+    cosine of each normalised embedding with its class's normalised weight."""
+    sys.path.insert(0, str(PYTHON_DIR))
+    from amm_softmax import train as t
+    rng = np.random.default_rng(3)
+    emb, classes = rng.standard_normal((7, 5)), 3.0 * rng.standard_normal((4, 5))
+    y = np.array([0, 3, 3, 1, 2, 0, 1])
+    c_y = [emb[i] @ classes[y[i]] / np.linalg.norm(emb[i]) / np.linalg.norm(classes[y[i]])
+           for i in range(len(y))]
+    assert t.curricular_t(0.4, emb, classes, y) == pytest.approx(
+        0.01 * np.mean(c_y) + 0.99 * 0.4, abs=1e-15)
+    # The first step from t = 0 moves it by a hundredth of the mean target cosine.
+    assert t.curricular_t(0.0, emb, classes, y) == pytest.approx(0.01 * np.mean(c_y), abs=1e-15)
+
+
+def test_numpy_backend_passes_the_updated_t_to_each_curricular_step(monkeypatch):
+    """Network.train_step updates t from the step's own embeddings before the head sees it, as
+    hard_margin (the head is stood in for by hard="none", which the library has today)."""
+    sys.path.insert(0, str(PYTHON_DIR))
+    from amm_softmax import train as t
+    seen = []
+
+    def head(emb, w, y, **kw):
+        assert kw.pop("hard") == "curricular"
+        seen.append((kw["hard_margin"], t.curricular_t(expected[-1], emb, w, y)))
+        expected.append(seen[-1][1])
+        return real(emb, w, y, hard="none", **dict(kw, hard_margin=0.0))  # t may be < 0
+
+    real, expected = t.head_forward_backward, [0.0]
+    monkeypatch.setattr(t, "head_forward_backward", head)
+    split = t.synthetic(np.random.default_rng(0), quick=True)
+    net, _ = t.train(split, "CurricularFace", t.CURRICULAR_CONFIG, 1, 0, "numpy")
+    assert len(seen) == -(-len(split.y_train) // 128)
+    assert [a for a, _ in seen] == [b for _, b in seen] and net.t == seen[-1][0]
+    assert 0 < abs(seen[0][0]) <= 0.01    # from t = 0: a hundredth of a mean cosine
+
+
+def test_curricular_row_follows_the_library():
+    """The CurricularFace row is in the job exactly when the library accepts the kind."""
+    sys.path.insert(0, str(PYTHON_DIR))
+    from amm_softmax import train as t
+    from amm_softmax._params import check_params
+    try:
+        check_params(hard="curricular", hard_margin=0.0)
+        known = True
+    except ValueError:
+        known = False
+    assert t.curricular_supported() == known
+    expected = ["softmax", "CosFace", "ArcFace", "MV-AM-Softmax"] + \
+        (["CurricularFace"] if known else []) + ["AMM-Softmax"]
+    assert list(t.configurations()) == expected
 
 
 def test_user_data(tmp_path):
