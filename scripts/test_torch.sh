@@ -18,5 +18,5 @@ if ! .venv-torch/bin/python -c "import sklearn, matplotlib" 2>/dev/null; then
     .venv-torch/bin/pip install --quiet --disable-pip-version-check scikit-learn matplotlib
 fi
 PYTHONPATH=python .venv-torch/bin/python -m pytest python/tests/test_torch.py \
-    python/tests/test_torch_curricular.py \
+    python/tests/test_torch_curricular.py python/tests/test_torch_half.py \
     python/tests/test_torch_distributed.py -q

@@ -99,9 +99,11 @@ public enum HalfPrecisionLoss {
                     ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
                 kernels.gradient(columns, Int(label), result, blockReferences, upstream,
                                  gradientRow)
-                // A Float entry beyond Float's range (huge scales), or one that rounds beyond
-                // the format's: an error, never an infinity.
-                if let column = firstNonFinite(gradientRow, count: columns) {
+                // An entry beyond Float's range (possible only for huge scales), then one that
+                // rounds beyond the format's (the narrowing reports either): an error, never an
+                // infinity.
+                if parameters.gradientMayOverflow(Float.self, upstream: upstream),
+                   let column = firstNonFinite(gradientRow, count: columns) {
                     failures.record(row: i, worker: worker,
                                     .outputOverflow("grad_cos[\(i), \(column)]", Float.self))
                     return false

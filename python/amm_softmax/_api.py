@@ -15,7 +15,8 @@ from numpy.typing import ArrayLike
 
 from . import _library as L
 from ._params import (Params, abi_struct, check_block_size, check_cos, check_grad_output,
-                      check_head_inputs, check_labels, check_params, native_byte_order)
+                      check_head_inputs, check_labels, check_params, is_half,
+                      native_byte_order, storage_suffix)
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -109,7 +110,9 @@ def _inputs(**arrays):
 
 
 def _loss_out(p: Params, cos: np.ndarray) -> np.ndarray:
-    return np.empty(cos.shape[0] if p.reduction == "none" else 1, dtype=cos.dtype)
+    """The loss's array: of cos's dtype, float32 for the 16-bit types (computed as float32)."""
+    dtype = np.float32 if is_half(cos) else cos.dtype
+    return np.empty(cos.shape[0] if p.reduction == "none" else 1, dtype=dtype)
 
 
 def _loss_value(p: Params, loss: np.ndarray):
@@ -132,7 +135,7 @@ def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray |
                                                                     False),))
     lib = L.load()
     loss = _loss_out(p, cos)
-    fn = getattr(lib, f"amm_forward_{_SUFFIX[cos.dtype]}")
+    fn = getattr(lib, f"amm_forward_{storage_suffix(cos)}")
     abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data))
@@ -169,18 +172,20 @@ def backward(cos: np.ndarray, labels: np.ndarray, grad_output=1.0, *,
     given = _inputs(cos=cos, labels=labels, grad_output=grad_output)
     p, cos, labels = _prepare(cos, labels, params)
     upstream = check_grad_output(grad_output, cos.shape[0], p.reduction)
-    largest = np.finfo(cos.dtype).max
+    # The 16-bit types take the upstream gradient in float32, as they compute.
+    upstream_dtype = np.dtype(np.float32) if is_half(cos) else cos.dtype
+    largest = np.finfo(upstream_dtype).max
     if np.abs(upstream).max(initial=0) > largest:
         k = int(np.argmax(np.abs(upstream) > largest))
         raise ValueError(f"grad_output[{k}] = {float(upstream[k])!r} is out of range for "
-                         f"{cos.dtype} (|value| <= {largest})")
-    upstream = upstream.astype(cos.dtype)
+                         f"{upstream_dtype} (|value| <= {largest})")
+    upstream = upstream.astype(upstream_dtype)
     grad = _gradient_out(out, cos, others=given)
     counts = _counts_out(hard_negatives, cos.shape[0], given + (("out", grad, False),))
     cosines = _cosines_out(target_cosines, cos.shape[0],
                            given + (("out", grad, False), ("hard_negatives", counts, False)))
     lib = L.load()
-    fn = getattr(lib, f"amm_backward_{_SUFFIX[cos.dtype]}")
+    fn = getattr(lib, f"amm_backward_{storage_suffix(cos)}")
     abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, upstream.ctypes.data,
@@ -202,7 +207,7 @@ def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | N
                            given + (("out", grad, False), ("hard_negatives", counts, False)))
     lib = L.load()
     loss = _loss_out(p, cos)
-    fn = getattr(lib, f"amm_forward_backward_{_SUFFIX[cos.dtype]}")
+    fn = getattr(lib, f"amm_forward_backward_{storage_suffix(cos)}")
     abi = abi_struct(p, 0, counts, cosines)
     _check_status(lib, fn(ctypes.byref(abi), cos.ctypes.data, cos.shape[0],
                           cos.shape[1], labels.ctypes.data, loss.ctypes.data, grad.ctypes.data))
@@ -210,7 +215,8 @@ def forward_backward(cos: np.ndarray, labels: np.ndarray, *, out: np.ndarray | N
 
 
 def _dense(a: np.ndarray) -> np.ndarray:
-    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+    # subok: a RawBFloat16 view stays one.
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C", subok=True)
 
 
 def head_forward_backward(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray, *,

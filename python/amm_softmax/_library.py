@@ -93,6 +93,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             params, vp, vp, i64, i64, i64, vp, vp, vp, vp]
         for kind in ("forward", "backward", "forward_backward", "head_forward_backward"):
             getattr(lib, f"amm_{kind}_{suffix}").restype = ctypes.c_int
+    for suffix in ("bf16", "f16"):   # 16-bit storage (since 0.3): the loss and grad_loss float
+        getattr(lib, f"amm_forward_{suffix}").argtypes = [params, vp, i64, i64, vp, vp]
+        getattr(lib, f"amm_backward_{suffix}").argtypes = [params, vp, i64, i64, vp, vp, vp]
+        getattr(lib, f"amm_forward_backward_{suffix}").argtypes = [params, vp, i64, i64, vp,
+                                                                   vp, vp]
+        for kind in ("forward", "backward", "forward_backward"):
+            getattr(lib, f"amm_{kind}_{suffix}").restype = ctypes.c_int
     lib.amm_shard_rescale_sums.argtypes = [i64, vp, vp, vp]
     lib.amm_shard_rescale_sums.restype = ctypes.c_int
     for suffix in ("f32", "f64"):

@@ -26,6 +26,28 @@ MARGIN_GRADIENTS = ("exact", "straight-through")
 REDUCTIONS = ("mean", "sum", "none")
 
 _INT64 = np.iinfo(np.int64)
+# The element types of the loss on cosines: the two the kernels compute in, and (since 0.3) two
+# 16-bit storage types computed as float32 (NumPy's float16 and ml_dtypes' bfloat16).
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class RawBFloat16(np.ndarray):
+    """A uint16 array holding bfloat16 bit patterns, for callers without ml_dtypes (the torch
+    module views a torch.bfloat16 tensor this way)."""
+
+
+def is_half(a) -> bool:
+    """Whether `a` (an ndarray) holds 16-bit floats: float16, ml_dtypes' bfloat16 (recognised
+    by name, so that ml_dtypes is never imported here), or a RawBFloat16 view."""
+    return isinstance(a, RawBFloat16) or a.dtype == np.float16 or \
+        (a.dtype.name == "bfloat16" and a.dtype.itemsize == 2)
+
+
+def storage_suffix(a: np.ndarray) -> str:
+    """The suffix of the C functions for `a`'s element type: f32, f64, f16 or bf16."""
+    if is_half(a):
+        return "f16" if a.dtype == np.float16 else "bf16"
+    return "f32" if a.dtype == np.float32 else "f64"
 _INT32 = np.iinfo(np.int32)
 
 
@@ -126,7 +148,7 @@ def native_byte_order(a):
     on a little-endian machine) a native, C-ordered copy of the same values (the library reads
     native floats; the input is never modified). Anything else is returned unchanged, for the
     checks to refuse."""
-    if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) \
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype.itemsize in (2, 4, 8) \
             and not a.dtype.isnative:
         return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
     return a
@@ -140,13 +162,13 @@ def _as_array(value, name: str) -> np.ndarray:
         raise type(e)(f"{name} cannot be converted to an array: {e}") from None
 
 
-def check_cos(cos, name: str = "cos") -> np.ndarray:
+def check_cos(cos, name: str = "cos", half: bool = True) -> np.ndarray:
     """A float32/float64 matrix of shape (N, C) with C >= 1 (not copied, unless it is a list or
-    tuple, or in non-native byte order)."""
+    tuple, or in non-native byte order); with `half`, also float16 or bfloat16 (ml_dtypes)."""
     if isinstance(cos, (list, tuple)):
         cos = _as_array(cos, name)
     cos = native_byte_order(cos)
-    _float_matrix(cos, name, " (N, C)")
+    _float_matrix(cos, name, " (N, C)", half=half)
     if cos.shape[1] < 1:
         raise ValueError(f"{name} must have at least one class (column), got shape {cos.shape}")
     return cos
@@ -209,14 +231,17 @@ def check_grad_output(grad_output, rows: int, reduction: str) -> np.ndarray:
     return g
 
 
-def _float_matrix(a, name: str, shape: str) -> None:
-    """`a` is a 2-D float32/float64 ndarray; `shape` describes it in the message."""
+def _float_matrix(a, name: str, shape: str, half: bool = False) -> None:
+    """`a` is a 2-D float32/float64 ndarray (with `half`, also float16 or bfloat16); `shape`
+    describes it in the message."""
+    kinds = "float32, float64, float16 or bfloat16 (ml_dtypes)" if half else "float32 or float64"
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
-                        f"got {type(a).__name__}")
-    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a numpy.ndarray of {kinds}, got {type(a).__name__}")
+    if a.dtype not in COMPUTE_DTYPES and not (half and is_half(a)):
         order = " in native byte order" if a.dtype.kind == "f" and not a.dtype.isnative else ""
-        raise TypeError(f"{name} must have dtype float32 or float64{order}, got {a.dtype}")
+        only = "" if half or not is_half(a) else \
+            " (16-bit floats are taken by the loss on cosines, not here)"
+        raise TypeError(f"{name} must have dtype {kinds}{order}{only}, got {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-dimensional{shape}, got shape {a.shape}")
 

@@ -250,7 +250,7 @@ def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
                                 f"got {cos.dtype}")
             cos = np.ascontiguousarray(cos)
         else:
-            cos = _dense(check_cos(cos, "cos_shard"))
+            cos = _dense(check_cos(cos, "cos_shard", half=False))
         labels_ = np.asarray(labels)
         if labels_.dtype.kind not in "iu":
             raise TypeError(f"labels must have an integer dtype, got {labels_.dtype}")

@@ -165,7 +165,9 @@ def forward(cos: np.ndarray, labels: np.ndarray, *, hard_negatives: np.ndarray |
     _write_target_cosines(target_cosines, x, y, kept)
     z, _, is_target = _logits(x, y, p)
     loss = _reduce(_row_losses(z, is_target), kept, p)
-    return loss.astype(cos.dtype) if p.reduction == "none" else float(loss)
+    # The 16-bit types return their loss in float32, as the library computes it.
+    loss_dtype = np.float32 if cos.dtype.itemsize == 2 else cos.dtype
+    return loss.astype(loss_dtype) if p.reduction == "none" else float(loss)
 
 
 def backward(cos: np.ndarray, labels: np.ndarray, grad_output: Any = 1.0, *,

@@ -31,14 +31,16 @@ import numpy as np
 import torch
 
 from . import _api, _shard
-from ._params import check_block_size, check_params
+from ._params import RawBFloat16, check_block_size, check_params
 
 __all__ = ["AMMSoftmaxFunction", "AMMSoftmaxHeadFunction", "AMMSoftmaxLoss", "AMMSoftmaxHead",
            "ShardedAMMSoftmaxHead", "ShardedHeadFunction", "TorchCollectives",
            "class_weights_init"]
 
 
-def _numpy(t: torch.Tensor, name: str) -> np.ndarray:
+def _numpy(t: torch.Tensor, name: str, half: bool = False) -> np.ndarray:
+    """A zero-copy NumPy view of a CPU tensor; with `half`, float16 and bfloat16 tensors too
+    (bfloat16 as bit patterns, RawBFloat16: NumPy has no bfloat16 of its own)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
@@ -47,18 +49,47 @@ def _numpy(t: torch.Tensor, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a dense tensor (layout torch.strided), "
                         f"got layout {t.layout}")
     t = t.detach().resolve_conj().resolve_neg()
+    if half and t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).view(RawBFloat16)
+    if not half and t.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {t.dtype} (16-bit "
+                        f"floats are taken by AMMSoftmaxLoss, on cosines; the head computes "
+                        f"in its weight's dtype)")
     try:
         return t.numpy()
     except TypeError:
-        raise TypeError(f"{name} must have dtype float32 or float64 (an integer dtype for "
-                        f"labels), got {t.dtype}") from None
+        kinds = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {kinds} (an integer dtype for labels), "
+                        f"got {t.dtype}") from None
+
+
+def _to_weight_dtype(embeddings, weight: torch.Tensor):
+    """16-bit embeddings (from layers under torch.autocast) in the head's weight dtype: the
+    head computes in float32 or float64, and autograd casts the gradient back."""
+    if isinstance(embeddings, torch.Tensor) and \
+            embeddings.dtype in (torch.float16, torch.bfloat16):
+        return embeddings.to(weight.dtype)
+    return embeddings
+
+
+def _tensor(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """The gradient array as a tensor of `like`'s dtype (bfloat16 from its bit patterns)."""
+    if like.dtype == torch.bfloat16:
+        return torch.from_numpy(np.asarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _scale(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The saved gradient (for an upstream of 1) times the actual upstream gradient."""
+    """The saved gradient (for an upstream of 1) times the actual upstream gradient: the saved
+    tensor itself for an upstream of exactly 1 (loss.backward()), which saves a pass over it
+    (autograd never writes into a gradient another reference holds). 16-bit gradients are
+    scaled in float32 and rounded once."""
+    if reduction != "none" and grad_output.numel() == 1 and float(grad_output) == 1.0:
+        return grad
+    work = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
     if reduction == "none":
-        return grad * grad_output.to(grad.dtype)[:, None]
-    return grad * grad_output.to(grad.dtype)
+        return (work * grad_output.to(work.dtype)[:, None]).to(grad.dtype)
+    return (work * grad_output.to(work.dtype)).to(grad.dtype)
 
 
 class AMMSoftmaxFunction(torch.autograd.Function):
@@ -66,14 +97,17 @@ class AMMSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, cos: torch.Tensor, labels: torch.Tensor, params: dict) -> torch.Tensor:
-        cos_np, labels_np = _numpy(cos, "cos"), _numpy(labels, "labels")
+        cos_np, labels_np = _numpy(cos, "cos", half=True), _numpy(labels, "labels")
         ctx.reduction = params.get("reduction", "mean")
         if ctx.needs_input_grad[0]:
             loss, grad = _api.forward_backward(cos_np, labels_np, **params)
-            ctx.grad = torch.from_numpy(grad)
+            ctx.grad = _tensor(grad, cos)
         else:
             loss = _api.forward(cos_np, labels_np, **params)
-        return torch.as_tensor(loss, dtype=cos.dtype)
+        # The 16-bit types compute in float32 and return their loss in it (as autocast keeps a
+        # loss in float32); the gradient is in the input's dtype.
+        half = cos.dtype in (torch.float16, torch.bfloat16)
+        return torch.as_tensor(loss, dtype=torch.float32 if half else cos.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
@@ -303,6 +337,7 @@ class AMMSoftmaxHead(_CurricularState):
         return compute
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = _to_weight_dtype(embeddings, self.weight)
         params = self._step_params(self._target_cosines(embeddings, labels), labels) \
             if isinstance(embeddings, torch.Tensor) and isinstance(labels, torch.Tensor) \
             and embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] \
@@ -524,6 +559,7 @@ class ShardedAMMSoftmaxHead(_CurricularState):
         self._init_curricular(self.params)
 
     def forward(self, x_local: torch.Tensor, labels_local: torch.Tensor) -> torch.Tensor:
+        x_local = _to_weight_dtype(x_local, self.weight)
         record: dict = {}
         rate = self.sample_rate if self.training else 1.0
         options = dict(self.params, class_start=self.class_start, sample_rate=rate,

@@ -8,15 +8,18 @@
 
 #include <stdint.h>
 
+/* Not exported from libAMMSoftmax.so: the library's own helpers. */
+#define AMM_HALF_INTERNAL __attribute__((visibility("hidden")))
+
 /* dst[k] = the float value of src[k], exactly (NaN payloads kept in the high bits). */
-void amm_widen_bf16(const uint16_t *src, float *dst, long count);
-void amm_widen_f16(const uint16_t *src, float *dst, long count);
+AMM_HALF_INTERNAL void amm_widen_bf16(const uint16_t *src, float *dst, long count);
+AMM_HALF_INTERNAL void amm_widen_f16(const uint16_t *src, float *dst, long count);
 
 /* dst[k] = src[k] rounded to the storage type, to nearest with ties to even (NaN stays NaN).
- * Returns the index of the first element that rounds to an infinity although it is finite
- * (beyond the type's range: bf16 about 3.39e38, f16 65504), or -1 when there is none; the
- * elements after it are still written. */
-long amm_narrow_bf16(const float *src, uint16_t *dst, long count);
-long amm_narrow_f16(const float *src, uint16_t *dst, long count);
+ * Returns the index of the first element whose result is not finite (a finite value beyond the
+ * type's range, bf16 about 3.39e38 and f16 65504, rounds to an infinity), or -1 when there is
+ * none; every element is written. */
+AMM_HALF_INTERNAL long amm_narrow_bf16(const float *src, uint16_t *dst, long count);
+AMM_HALF_INTERNAL long amm_narrow_f16(const float *src, uint16_t *dst, long count);
 
 #endif

@@ -1,0 +1,69 @@
+"""Half-precision storage (bf16, f16) against f32 for the loss on cosine logits, in one run.
+
+At N = 512, C = 100,000 with `out=` (no allocation in the loop): the time of forward_backward in
+f32, bf16 and f16, the ratio of each 16-bit time to the f32 time, and each one's roofline ratio
+(time over the time its bytes take to copy: cos read once and grad_cos written once, 2 N C b for
+b-byte elements, at the memcpy bandwidth measured here on the library's thread count). Then the
+cost of a new gradient array on every call (its allocation and first touch), as autograd pays it.
+
+    python3 benchmarks/bench_half.py [--n 512] [--c 100000] [--threads 0]
+
+bf16 arrays need ml_dtypes (pip install ml_dtypes).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loss import copy_bandwidth, make, timeit  # noqa: E402
+
+import amm_softmax  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--c", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=0, help="0: one per core")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    args = ap.parse_args()
+    import ml_dtypes
+    threads = args.threads or os.cpu_count() or 1
+    bandwidth = copy_bandwidth(threads=threads)
+    n, c = args.n, args.c
+    cos32, labels = make(n, c, np.float32)
+    print(f"{datetime.date.today()}  {platform.machine()}, {os.cpu_count()} cores, "
+          f"kernel build {amm_softmax.kernel_build()}, threads {threads}; copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s")
+    print(f"forward_backward, N = {n}, C = {c}, out= given; median of repeats\n")
+    print(f"{'dtype':<10}{'time':>10}{'vs f32':>9}{'roofline':>10}{'x roofline':>12}"
+          f"{'new grad':>11}{'x':>7}")
+    results = {}
+    for name, dtype in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16),
+                        ("float16", np.float16)):
+        cos = cos32.astype(dtype)
+        out = np.empty_like(cos)
+        t = timeit(lambda: amm_softmax.forward_backward(cos, labels, out=out,
+                                                        num_threads=args.threads),
+                   min_time=args.min_time)
+        t_new = timeit(lambda: amm_softmax.forward_backward(cos, labels,
+                                                            num_threads=args.threads),
+                       min_time=args.min_time)
+        roof = 2 * cos.nbytes / bandwidth
+        results[name] = t
+        print(f"{name:<10}{t * 1e3:>8.2f}ms{t / results['float32']:>9.2f}{roof * 1e3:>8.2f}ms"
+              f"{t / roof:>12.2f}{t_new * 1e3:>9.2f}ms{t_new / t:>7.2f}")
+    print("\nvs f32: the time over the f32 time of this run; x roofline: over the time the "
+          "same bytes take to copy;\nnew grad: without out= (a new gradient array each call), "
+          "and its ratio to the time with out=.")
+
+
+if __name__ == "__main__":
+    main()
