@@ -25,6 +25,7 @@ Class sampling (sample_rate < 1) is also taken by AMMSoftmaxHead, on one process
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -92,16 +93,44 @@ def _scale(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> tor
     return (work * grad_output.to(work.dtype)).to(grad.dtype)
 
 
+class GradientBuffer:
+    """One gradient array reused from step to step (AMMSoftmaxLoss(reuse_gradient=True)): the
+    allocation and first touch of N x C values cost more than the kernel itself. The array is
+    reused only while nothing but this holder refers to it (no tensor, view or storage of it
+    kept by the caller, a hook or a live graph); otherwise a new one is made and the old one
+    left to whoever holds it."""
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        t = self.tensor
+        # References: self.tensor, the local t and getrefcount's argument; one TensorImpl and
+        # the temporary storage object on the storage.
+        if t is not None and t.shape == like.shape and t.dtype == like.dtype and \
+                sys.getrefcount(t) == 3 and \
+                torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2:
+            return t
+        self.tensor = torch.empty(like.shape, dtype=like.dtype)
+        return self.tensor
+
+
 class AMMSoftmaxFunction(torch.autograd.Function):
     """loss = AMM-Softmax(cos, labels); d loss / d cos from the library."""
 
     @staticmethod
-    def forward(ctx: Any, cos: torch.Tensor, labels: torch.Tensor, params: dict) -> torch.Tensor:
+    def forward(ctx: Any, cos: torch.Tensor, labels: torch.Tensor, params: dict,
+                buffer: GradientBuffer | None = None) -> torch.Tensor:
         cos_np, labels_np = _numpy(cos, "cos", half=True), _numpy(labels, "labels")
         ctx.reduction = params.get("reduction", "mean")
+        ctx.params = params
         if ctx.needs_input_grad[0]:
-            loss, grad = _api.forward_backward(cos_np, labels_np, **params)
-            ctx.grad = _tensor(grad, cos)
+            out = None if buffer is None else buffer.take(cos)
+            loss, grad = _api.forward_backward(
+                cos_np, labels_np, out=None if out is None else _numpy(out, "out", half=True),
+                **params)
+            ctx.grad = _tensor(grad, cos) if out is None else out
+            ctx.save_for_backward(cos, labels)
         else:
             loss = _api.forward(cos_np, labels_np, **params)
         # The 16-bit types compute in float32 and return their loss in it (as autocast keeps a
@@ -111,7 +140,15 @@ class AMMSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
-        return _scale(ctx.grad, grad_output, ctx.reduction), None, None
+        # The gradient made in forward is handed over and forgotten here, so that autograd can
+        # take it as a leaf's .grad without a copy; a second backward (retain_graph) makes it
+        # again from the saved inputs.
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            cos, labels = ctx.saved_tensors
+            grad = _tensor(_api.forward_backward(_numpy(cos, "cos", half=True),
+                                                 _numpy(labels, "labels"), **ctx.params)[1], cos)
+        return _scale(grad, grad_output, ctx.reduction), None, None, None
 
 
 class AMMSoftmaxHeadFunction(torch.autograd.Function):
@@ -179,19 +216,24 @@ class AMMSoftmaxLoss(_CurricularState):
     Parameters as for amm_softmax.forward: scale=64.0, margin=0.5, hard_margin=0.2,
     target="arc", hard="amm", reduction="mean", ignore_index=-100, num_threads=0,
     margin_gradient="exact". They are validated here, once. With hard="curricular" the module
-    keeps CurricularFace's t (the buffer `.t`, see _CurricularState)."""
+    keeps CurricularFace's t (the buffer `.t`, see _CurricularState).
 
-    def __init__(self, **params: Any):
+    `reuse_gradient=True` (opt-in, since 0.3) writes d loss / d cos into one array kept from
+    step to step (GradientBuffer), instead of a new N x C array each step, whenever nothing else
+    still refers to the previous one; a gradient the caller keeps is never overwritten."""
+
+    def __init__(self, reuse_gradient: bool = False, **params: Any):
         super().__init__()
         check_params(**params)
         self.params = dict(params)
         self._init_curricular(self.params)
+        self.gradient_buffer = GradientBuffer() if reuse_gradient else None
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         params = self._step_params(_target_cosines_of(cos, labels), labels) \
             if isinstance(cos, torch.Tensor) and isinstance(labels, torch.Tensor) \
             and cos.dim() == 2 and labels.shape == cos.shape[:1] else self.params
-        return AMMSoftmaxFunction.apply(cos, labels, params)
+        return AMMSoftmaxFunction.apply(cos, labels, params, self.gradient_buffer)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())

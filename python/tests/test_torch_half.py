@@ -65,3 +65,48 @@ def test_autocast_training_loop():
         first = value if first is None else first
         last = value
     assert last < 0.6 * first, (first, last)
+
+
+def _problem(seed=0, n=16, c=500):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, generator=g) * 1.6 - 0.8, torch.randint(0, c, (n,), generator=g)
+
+
+def test_reused_gradient_buffer_is_reused_and_never_overwrites_a_kept_gradient():
+    base, labels = _problem()
+    loss_fn = AMMSoftmaxLoss(scale=16.0, reuse_gradient=True)
+
+    def step(values, keep=None):
+        leaf = values.clone().requires_grad_(True)
+        cos = leaf.clone()                      # a non-leaf, as F.linear's output is
+        if keep is not None:
+            cos.register_hook(lambda g: keep.append(g))
+        loss_fn(cos, labels).backward()
+        return leaf.grad
+
+    first = step(base)
+    pointer = loss_fn.gradient_buffer.tensor.data_ptr()
+    second = step(base * 0.5)
+    assert loss_fn.gradient_buffer.tensor.data_ptr() == pointer    # nothing held it: reused
+    kept = []
+    third = step(base * 0.25, keep=kept)
+    snapshot = kept[0].clone()
+    step(base)                                                      # kept[0] is still held
+    assert loss_fn.gradient_buffer.tensor.data_ptr() != kept[0].data_ptr()
+    assert torch.equal(kept[0], snapshot)
+    # And the values are those of the module without reuse.
+    plain = AMMSoftmaxLoss(scale=16.0)
+    for values, got in ((base, first), (base * 0.5, second), (base * 0.25, third)):
+        leaf = values.clone().requires_grad_(True)
+        plain(leaf, labels).backward()
+        assert torch.equal(leaf.grad, got)
+
+
+def test_backward_twice_with_retain_graph():
+    base, labels = _problem(1)
+    cos = base.clone().requires_grad_(True)
+    loss = AMMSoftmaxLoss(scale=16.0)(cos, labels)
+    loss.backward(retain_graph=True)
+    once = cos.grad.clone()
+    loss.backward()
+    assert torch.allclose(cos.grad, 2 * once, rtol=1e-6, atol=0)
