@@ -30,17 +30,9 @@ public enum HalfPrecisionLoss {
         try parameters.validateElementRange(for: Float.self)
         let kernels = RowKernels<Float>()
         let ignore = parameters.ignoreIndex
-        var counted = 0
-        for i in 0..<rows where labels![i] != ignore { counted += 1 }
-        let rowFactor: Double
-        switch parameters.reduction {
-        case .mean, .sum:
-            let upstream = outputs.upstream.map { Double($0[0]) } ?? 1
-            rowFactor = parameters.reduction == .sum ? upstream
-                : (counted > 0 ? upstream / Double(counted) : 0)
-        case .none:
-            rowFactor = 1
-        }
+        let counted = LossReduction.countedRows(labels, rows: rows, ignoreIndex: ignore)
+        let rowFactor = LossReduction.rowFactor(parameters.reduction, upstream: outputs.upstream,
+                                                counted: counted)
         let workers = RowParallel.workerCount(rows: rows, columns: columns,
                                               threads: parameters.numThreads)
         // Per worker (only where there are rows): the widened row, its gradient, the block

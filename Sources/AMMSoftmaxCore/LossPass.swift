@@ -47,18 +47,10 @@ struct LossPass<T: LossScalar> {
         (self.rows, self.columns) = (rows, columns)
         self.labels = labels
         self.outputs = outputs
-        let ignore = parameters.ignoreIndex
-        var counted = 0
-        for i in 0..<rows where labels![i] != ignore { counted += 1 }
-        countedRows = counted
-        switch parameters.reduction {
-        case .mean, .sum:
-            let upstream = outputs.upstream.map { Double($0[0]) } ?? 1
-            rowFactor = parameters.reduction == .sum ? upstream
-                : (counted > 0 ? upstream / Double(counted) : 0)
-        case .none:
-            rowFactor = 1
-        }
+        countedRows = LossReduction.countedRows(labels, rows: rows,
+                                                ignoreIndex: parameters.ignoreIndex)
+        rowFactor = LossReduction.rowFactor(parameters.reduction, upstream: outputs.upstream,
+                                            counted: countedRows)
         streaming = outputs.gradient != nil
             && rows * columns * MemoryLayout<T>.stride >= streamingThreshold
         blocksPerRow = outputs.gradient == nil ? 1 : RowKernel<T>.blockCount(columns: columns)

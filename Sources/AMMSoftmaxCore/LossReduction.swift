@@ -31,6 +31,27 @@ package enum LossReduction {
     }
 }
 
+extension LossReduction {
+    /// The rows that are not ignored (the divisor of mean).
+    package static func countedRows(_ labels: UnsafePointer<Int64>?, rows: Int,
+                                    ignoreIndex: Int64) -> Int {
+        var counted = 0
+        for i in 0..<rows where labels![i] != ignoreIndex { counted += 1 }
+        return counted
+    }
+
+    /// The factor of every row's gradient for mean and sum: the upstream value (1 when nil),
+    /// divided by the counted rows for mean (0 when there are none); 1 for none, whose rows
+    /// each read their own upstream value.
+    package static func rowFactor<T: BinaryFloatingPoint>(
+        _ reduction: Reduction, upstream: UnsafePointer<T>?, counted: Int
+    ) -> Double {
+        guard reduction != .none else { return 1 }
+        let u = upstream.map { Double($0[0]) } ?? 1
+        return reduction == .sum ? u : (counted > 0 ? u / Double(counted) : 0)
+    }
+}
+
 /// The index of the first NaN or infinity among `count` values, if any.
 @inlinable
 package func firstNonFinite<T: LossScalar>(_ values: UnsafePointer<T>, count: Int) -> Int? {

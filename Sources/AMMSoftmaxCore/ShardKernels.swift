@@ -140,14 +140,7 @@ public enum ShardKernels {
             try reduceLosses(statistics, reduction: reduction, counted: counted, into: loss)
         }
         guard let gradient else { return }
-        let rowFactor: Double
-        switch reduction {
-        case .mean, .sum:
-            let u = upstream.map { Double($0[0]) } ?? 1
-            rowFactor = reduction == .sum ? u : (counted > 0 ? u / Double(counted) : 0)
-        case .none:
-            rowFactor = 1
-        }
+        let rowFactor = LossReduction.rowFactor(reduction, upstream: upstream, counted: counted)
         let kernels = RowKernels<T>()
         let failures = FirstFailure(rows: rows, columns: columns, threads: parameters.numThreads)
         defer { failures.release() }

@@ -241,7 +241,7 @@ def _float_matrix(a, name: str, shape: str, half: bool = False) -> None:
         order = " in native byte order" if a.dtype.kind == "f" and not a.dtype.isnative else ""
         only = "" if half or not is_half(a) else \
             " (16-bit floats are taken by the loss on cosines, not here)"
-        raise TypeError(f"{name} must have dtype {kinds}{order}{only}, got {a.dtype}")
+        raise TypeError(f"{name} must have dtype {kinds}{order}, got {a.dtype}{only}")
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-dimensional{shape}, got shape {a.shape}")
 

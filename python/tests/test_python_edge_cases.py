@@ -269,7 +269,8 @@ def test_python_lists():
         amm_softmax.forward([[0.1, 0.2], [0.3]], [0, 1])
     with pytest.raises(ValueError, match=r"^labels cannot be converted to an array: "):
         amm_softmax.forward(cos[:2], [[0, 1], [2]])
-    with pytest.raises(TypeError, match=r"^cos must have dtype float32 or float64, got int64$"):
+    with pytest.raises(TypeError, match=r"^cos must have dtype float32, float64, float16 or "
+                                         r"bfloat16 \(ml_dtypes\), got int64$"):
         amm_softmax.forward([[1, 0], [0, 1]], [0, 1])      # a list of ints is not cosines
 
 
@@ -279,7 +280,7 @@ def test_object_dtype_is_a_type_error_naming_it():
     x, w, y = head_problem()
     cases = [
         (lambda: amm_softmax.forward(cos.astype(object), labels),
-         r"^cos must have dtype float32 or float64, got object$"),
+         r"^cos must have dtype float32, float64, float16 or bfloat16 \(ml_dtypes\), got object$"),
         (lambda: amm_softmax.forward(cos, labels.astype(object)),
          r"^labels must have an integer dtype, got object$"),
         (lambda: amm_softmax.forward(cos, [1, 2, None] + [0] * (N - 3)),
@@ -311,7 +312,8 @@ def test_bool_labels_and_cosines_are_type_errors():
         amm_softmax.head_forward_backward(x, w, y > 5)
     with pytest.raises(TypeError, match=r"^labels must have an integer dtype, got bool$"):
         _shard.cosine_forward_backward(cos, labels > 5, _shard.SingleProcess())
-    with pytest.raises(TypeError, match=r"^cos must have dtype float32 or float64, got bool$"):
+    with pytest.raises(TypeError, match=r"^cos must have dtype float32, float64, float16 or "
+                                         r"bfloat16 \(ml_dtypes\), got bool$"):
         amm_softmax.forward(cos > 0, labels)
 
 
@@ -530,7 +532,8 @@ def test_torch_labels_that_require_grad(torch, amm_torch):
 
 def test_torch_layouts_and_dtypes(torch, amm_torch):
     """Non-contiguous tensors give the contiguous result; int8/uint8 labels are read by value;
-    float16 and bool are TypeErrors naming the dtype; the input tensors are unchanged."""
+    complex64 and bool are TypeErrors naming the dtype (16-bit floats are taken since 0.3); the
+    input tensors are unchanged."""
     cos, labels = torch_problem(torch)
     crit = amm_torch.AMMSoftmaxLoss(reduction="sum")
     want = amm_softmax.forward_backward(cos.numpy(), labels.numpy(), reduction="sum")
@@ -546,8 +549,10 @@ def test_torch_layouts_and_dtypes(torch, amm_torch):
         y[4] = 3
         ref = amm_softmax.forward(cos.numpy(), y.numpy(), reduction="sum")
         assert crit(cos, y.to(narrow)).item() == ref
-    with pytest.raises(TypeError, match=r"^cos must have dtype float32 or float64, got float16$"):
-        crit(cos.half(), labels)
+    with pytest.raises(TypeError, match=r"^cos must have dtype float32, float64, float16 or "
+                                         r"bfloat16 \(an integer dtype for labels\), got "
+                                         r"torch.complex64$"):
+        crit(cos.to(torch.complex64), labels)
     with pytest.raises(TypeError, match=r"^labels must have an integer dtype, got bool$"):
         crit(cos, labels > 5)
     with pytest.raises(TypeError, match=r"^labels must be a torch.Tensor, got list$"):
@@ -558,10 +563,14 @@ def test_torch_layouts_and_dtypes(torch, amm_torch):
 # Expected failures until torch.py's _numpy checks the layout, resolves lazy negation and
 # conjugation, and names the argument when t.numpy() refuses the dtype, and AMMSoftmaxHead.forward
 # sizes its hard-negative counts without len() on the labels (remove the markers then).
-def test_torch_bfloat16_is_a_type_error_naming_the_argument(torch, amm_torch):
+def test_torch_bfloat16_is_taken_and_the_head_names_its_dtypes(torch, amm_torch):
+    """Since 0.3 bfloat16 cosines are computed (in float32); the head's weights must still be
+    float32 or float64, and the message says so."""
     cos, labels = torch_problem(torch)
-    with pytest.raises(TypeError, match=r"^cos .*bfloat16"):
-        amm_torch.AMMSoftmaxLoss()(cos.bfloat16(), labels)
+    loss = amm_torch.AMMSoftmaxLoss()(cos.bfloat16(), labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    with pytest.raises(TypeError, match=r"^embeddings must have dtype float32 or float64"):
+        amm_torch.AMMSoftmaxHeadFunction.apply(cos.bfloat16(), cos, labels, {}, 0)
 
 
 def test_torch_sparse_is_a_type_error_naming_the_argument(torch, amm_torch):
