@@ -31,7 +31,12 @@
  * same message). For the functions on cosine logits and the head's loss and phase 2, a
  * long-double reference of docs/FORMULATION.md turns "AMM_OK or AMM_ERR_OVERFLOW" into
  * AMM_ERR_OVERFLOW where an output is far beyond the element type, and checks the values of a
- * successful call on ordinary inputs within the error of the header's precision model.
+ * successful call on ordinary inputs within the error of the header's precision model. Each
+ * call of a 16-bit function (_bf16, _f16: cosines stored in 16 bits, in random bit patterns
+ * with NaN, infinities, +-1 and neighbours, subnormals) is also made to the _f32 function on
+ * the widened cosines: the same status (or AMM_ERR_OVERFLOW exactly where the _f32 gradient
+ * rounds beyond the 16-bit range), the same loss bits, the _f32 gradient rounded to nearest
+ * even, the same counts and message.
  *
  * Where the header can be read two ways, the oracle accepts both (README.md lists them): a
  * NULL p with a bad shape; an arc margin equal to the double nearest pi; a sharded head's
@@ -1192,7 +1197,9 @@ static void row_reference(const eff_t *e, int f32, const double *row, int64_t co
         long double negsum = 0;
         for (int64_t j = 0; j < cols; ++j) {
             if (start + j == y) continue;
-            long double p = expl(z[j] - lse);
+            /* not exp(z_j - lse): with logits near 1e38 the log of the sum is lost in lse
+               (six negatives at z = s would each get p = 1) */
+            long double p = expl(z[j] - big) / total;
             negsum += p;
             grad[j] = w * s * p * dg[j];
             /* p's arguments carry the logits' errors (exp: 2 ulp more); dg its own, relative
