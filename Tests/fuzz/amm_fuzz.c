@@ -31,7 +31,12 @@
  * same message). For the functions on cosine logits and the head's loss and phase 2, a
  * long-double reference of docs/FORMULATION.md turns "AMM_OK or AMM_ERR_OVERFLOW" into
  * AMM_ERR_OVERFLOW where an output is far beyond the element type, and checks the values of a
- * successful call on ordinary inputs within the error of the header's precision model.
+ * successful call on ordinary inputs within the error of the header's precision model. Each
+ * call of a 16-bit function (_bf16, _f16: cosines stored in 16 bits, in random bit patterns
+ * with NaN, infinities, +-1 and neighbours, subnormals) is also made to the _f32 function on
+ * the widened cosines: the same status (or AMM_ERR_OVERFLOW exactly where the _f32 gradient
+ * rounds beyond the 16-bit range), the same loss bits, the _f32 gradient rounded to nearest
+ * even, the same counts and message.
  *
  * Where the header can be read two ways, the oracle accepts both (README.md lists them): a
  * NULL p with a bad shape; an arc margin equal to the double nearest pi; a sharded head's
@@ -148,6 +153,95 @@ static double special_value(int f32)
 
 static double to_elem(int f32, double x) { return f32 ? (double)(float)x : x; } /* |x| small */
 
+/* ---- 16-bit storage (the _bf16 and _f16 functions) -------------------------------------------
+ * bfloat16: the top half of a float's bits; binary16: 1 sign, 5 exponent (bias 15), 10 fraction
+ * bits. Widening is exact; narrowing rounds to nearest, ties to even, and gives an infinity
+ * beyond the type's range (bf16: from 0x1.ff8p+127 up; f16: from 65520 up). Written from the
+ * formats alone (checked against gcc's _Float16 over 2e8 floats and all 65536 patterns). */
+#define H_MAX_BF16 0x1.fep+127
+#define H_MAX_F16 65504.0
+/* The smallest float (magnitude) each rounds to infinity: a tie, rounded to the even infinity. */
+#define H_OVERFLOW_BF16 0x1.ffp+127
+#define H_OVERFLOW_F16 65520.0
+
+/* RNE of m >> shift (m < 2^25). */
+static uint32_t rne_shift(uint32_t m, int shift)
+{
+    if (shift <= 0) return m << -shift;
+    if (shift >= 32) return 0;
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return q;
+}
+enum { H_NONE, H_BF16, H_F16 }; /* call_t.half */
+static float half_to_float(int type, uint16_t h)
+{
+    uint32_t b;
+    float f;
+    if (type == H_BF16) {
+        b = (uint32_t)h << 16;
+    } else {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+        if (ex == 0x1F) b = sign | 0x7F800000u | (m << 13);
+        else if (ex == 0) {
+            f = ldexpf((float)m, -24); /* exact: m < 2^10 */
+            return sign ? -f : f;
+        } else b = sign | ((ex - 15 + 127) << 23) | (m << 13);
+    }
+    memcpy(&f, &b, 4);
+    return f;
+}
+static uint16_t float_to_half(int type, float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (type == H_BF16) {
+        if (ax > 0x7F800000u) return (uint16_t)((x >> 16) | 0x0040u); /* NaN stays NaN */
+        return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax >> 13) & 0x3FFu));
+    if (ax == 0x7F800000u) return (uint16_t)(sign | 0x7C00u);
+    if (ax < 0x00800000u) return sign; /* float zero or subnormal: below 2^-126 */
+    int e = (int)(ax >> 23) - 127;
+    uint32_t m = (ax & 0x7FFFFFu) | 0x800000u;
+    if (e >= -14) {
+        uint32_t q = rne_shift(m, 13);
+        if (q == 0x800u) { q = 0x400u; ++e; }
+        if (e > 15) return (uint16_t)(sign | 0x7C00u);
+        return (uint16_t)(sign | ((uint32_t)(e + 15) << 10) | (q & 0x3FFu));
+    }
+    return (uint16_t)(sign | rne_shift(m, 13 + (-14 - e)));
+}
+
+static double half_max(int type) { return type == H_BF16 ? H_MAX_BF16 : H_MAX_F16; }
+
+/* A 16-bit cosine: like gen_cos_value (uniform in [-1, 1], near 1, exactly +-1, rounded to the
+   type), and with the spice the type's special values: NaN (quiet, signalling, payloads, either
+   sign), +-inf, +-1 and its neighbours, beyond [-1, 1] up to the largest finite, subnormals,
+   -0; sometimes any bit pattern. */
+static uint16_t gen_half_cos_bits(int type, double spice)
+{
+    static const uint16_t bf16pool[] = {
+        0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FFF, 0x7F80, 0xFF80, 0x3F80, 0xBF80, 0x3F81, 0xBF81,
+        0x3F7F, 0xBF7F, 0x3FC0, 0xC000, 0x4040, 0x5015, 0xF149, 0x7F7F, 0xFF7F, 0x0001, 0x8001,
+        0x007F, 0x0080, 0x8080, 0x0000, 0x8000, 0x3F00, 0x5F80};
+    static const uint16_t f16pool[] = {
+        0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7FFF, 0x7C00, 0xFC00, 0x3C00, 0xBC00, 0x3C01, 0xBC01,
+        0x3BFF, 0xBBFF, 0x3E00, 0xC000, 0x4200, 0x70E2, 0xF0E2, 0x7BFF, 0xFBFF, 0x0001, 0x8001,
+        0x03FF, 0x0400, 0x8400, 0x0000, 0x8000, 0x3800, 0x5BD0};
+    if (spice > 0 && rchance(spice)) {
+        if (rchance(0.15)) return (uint16_t)rnext();
+        return type == H_BF16 ? PICK(bf16pool) : PICK(f16pool);
+    }
+    switch (rbelow(10)) {
+    case 0: return float_to_half(type, rbelow(2) ? 1.0f : -1.0f);
+    case 1: return float_to_half(type, (float)(0.9 + 0.1 * runif()));
+    default: return float_to_half(type, (float)(2.0 * runif() - 1.0));
+    }
+}
+
 static double gen_cos_value(int f32, double spice)
 {
     if (spice > 0 && rchance(spice)) return special_value(f32);
@@ -184,7 +278,9 @@ static char g_kind_extra[160]; /* the kind of the failures of the current call *
 enum { FAM_FWD, FAM_BWD, FAM_FB, FAM_HEAD, FAM_ST, FAM_SS, FAM_SG, FAM_SHT, FAM_SHS, FAM_SHG,
        FAM_N };
 enum { FN_RESCALE = 2 * FAM_N, FN_VALIDATE, FN_INIT, FN_STATUS_NAME, FN_VERSION,
-       FN_VERSION_NUMBER, FN_KBUILD, FN_KDETAIL, FN_LAST_ERROR, FN_N };
+       FN_VERSION_NUMBER, FN_KBUILD, FN_KDETAIL, FN_LAST_ERROR,
+       FN_HALF, /* + 3 * (half - 1) + fam: amm_forward_bf16 ... amm_forward_backward_f16 */
+       FN_N = FN_HALF + 6 };
 static const char *const FN_NAME[FN_N] = {
     "amm_forward_f64", "amm_forward_f32", "amm_backward_f64", "amm_backward_f32",
     "amm_forward_backward_f64", "amm_forward_backward_f32", "amm_head_forward_backward_f64",
@@ -194,7 +290,9 @@ static const char *const FN_NAME[FN_N] = {
     "amm_shard_head_statistics_f64", "amm_shard_head_statistics_f32",
     "amm_shard_head_gradient_f64", "amm_shard_head_gradient_f32", "amm_shard_rescale_sums",
     "amm_params_validate", "amm_params_init", "amm_status_name", "amm_version",
-    "amm_version_number", "amm_kernel_build", "amm_kernel_build_detail", "amm_last_error"};
+    "amm_version_number", "amm_kernel_build", "amm_kernel_build_detail", "amm_last_error",
+    "amm_forward_bf16", "amm_backward_bf16", "amm_forward_backward_bf16", "amm_forward_f16",
+    "amm_backward_f16", "amm_forward_backward_f16"};
 static long long g_fn_calls[FN_N], g_fn_status[FN_N][NSTATUS + 1];
 static double g_fn_seconds[FN_N]; /* time spent inside the library */
 
@@ -677,7 +775,8 @@ typedef struct {
     int big;       /* count unknown or > LIMIT: a one-element buffer that must not be read */
     int null;      /* passed as NULL */
     size_t alloc;  /* elements held */
-    double *v;     /* input values (T_ELEM, T_F64) */
+    double *v;     /* input values (T_ELEM, T_F64); for 16-bit cos the widened values */
+    uint16_t *hv;  /* 16-bit cos: the bits passed */
     int64_t *iv;   /* input values (T_I64) */
     mem_t mem;
     unsigned char *copy;
@@ -685,6 +784,7 @@ typedef struct {
 
 typedef struct {
     int fam, f32;
+    int half;         /* H_BF16, H_F16: the _bf16/_f16 function of fam (then f32 is 1 too) */
     pspec_t ps;
     int pnull;
     int64_t n, c, d, cl, cs, ct; /* c: unsharded classes; cl, cs, ct: the shard */
@@ -708,7 +808,10 @@ static int phase_of(int fam)
     default: return 0;
     }
 }
-static int fn_index(const call_t *k) { return 2 * k->fam + k->f32; }
+static int fn_index(const call_t *k)
+{
+    return k->half ? FN_HALF + 3 * (k->half - 1) + k->fam : 2 * k->fam + k->f32;
+}
 static const char *fn_name(const call_t *k) { return FN_NAME[fn_index(k)]; }
 
 static unsigned used_mask(int fam)
@@ -769,8 +872,15 @@ static void layout(call_t *k)
     }
 }
 
+/* 16 bits: cos and grad_cos of the _bf16/_f16 functions (their loss and grad_loss are float) */
+static int is_half_arr(const call_t *k, const arr_t *a)
+{
+    return k->half && (a == &k->a[A_X] || a == &k->a[A_GX]);
+}
+
 static size_t elem_size(const call_t *k, const arr_t *a)
 {
+    if (is_half_arr(k, a)) return 2u;
     return a->type == T_ELEM ? (k->f32 ? 4u : 8u) : 8u;
 }
 
@@ -780,9 +890,12 @@ static void alloc_values(call_t *k)
         arr_t *a = &k->a[r];
         free(a->v);
         free(a->iv);
+        free(a->hv);
         a->v = NULL;
         a->iv = NULL;
+        a->hv = NULL;
         if (!a->used || a->out) continue;
+        if (is_half_arr(k, a) && !(a->hv = calloc(a->alloc ? a->alloc : 1, 2))) exit(3);
         if (a->type == T_I64) a->iv = calloc(a->alloc ? a->alloc : 1, 8);
         else a->v = calloc(a->alloc ? a->alloc : 1, sizeof(double));
         if ((a->type == T_I64 && !a->iv) || (a->type != T_I64 && !a->v)) exit(3);
@@ -944,6 +1057,8 @@ static int overflow_safe(const call_t *k, const eff_t *e)
     }
     double b = z;
     if (lossb > b) b = lossb;
+    /* 16-bit gradients: their own range (the loss stays float) */
+    if (k->half && k->fam != FAM_FWD && gradb * 1e3 >= half_max(k->half)) return 0;
     if (gradb > b) b = gradb;
     return b * 1e3 < E;
 }
@@ -1082,7 +1197,9 @@ static void row_reference(const eff_t *e, int f32, const double *row, int64_t co
         long double negsum = 0;
         for (int64_t j = 0; j < cols; ++j) {
             if (start + j == y) continue;
-            long double p = expl(z[j] - lse);
+            /* not exp(z_j - lse): with logits near 1e38 the log of the sum is lost in lse
+               (six negatives at z = s would each get p = 1) */
+            long double p = expl(z[j] - big) / total;
             negsum += p;
             grad[j] = w * s * p * dg[j];
             /* p's arguments carry the logits' errors (exp: 2 ulp more); dg its own, relative
@@ -1165,6 +1282,7 @@ static void call_reference(const call_t *k, callref_t *cr)
     const double *xcos = head ? hcos : k->a[A_X].v;
     int64_t n = k->n, cols = shard ? k->cl : k->c;
     const long double E = k->f32 ? (long double)FLT_MAX : (long double)DBL_MAX;
+    const long double Eg = k->half ? (long double)half_max(k->half) : E; /* grad_cos's type */
     const long double eps = k->f32 ? 0x1p-24L : 0x1p-53L;
     int none = e.reduction == AMM_REDUCTION_NONE;
     int64_t active = 0;
@@ -1211,7 +1329,7 @@ static void call_reference(const call_t *k, callref_t *cr)
         }
         if (want_grad)
             for (int64_t j = 0; j < cols; ++j)
-                if (fabsl(cr->grad[i * cols + j]) > 4 * E) cr->must_overflow = 1;
+                if (fabsl(cr->grad[i * cols + j]) > 4 * Eg) cr->must_overflow = 1;
     }
     if (e.reduction == AMM_REDUCTION_MEAN && active > 0) {
         red /= (long double)active;
@@ -1329,13 +1447,15 @@ static void oracle(const call_t *k, oracle_t *o)
 
 static void put_value(const call_t *k, const arr_t *a, size_t i, double x)
 {
-    if (a->type == T_ELEM && k->f32) ((float *)a->mem.ptr)[i] = (float)x;
+    if (is_half_arr(k, a)) ((uint16_t *)a->mem.ptr)[i] = a->hv ? a->hv[i] : float_to_half(k->half, (float)x);
+    else if (a->type == T_ELEM && k->f32) ((float *)a->mem.ptr)[i] = (float)x;
     else ((double *)a->mem.ptr)[i] = x;
 }
 
 static double get_value(const call_t *k, const arr_t *a, size_t i)
 {
     if (a->type == T_I64) return (double)((const int64_t *)a->mem.ptr)[i];
+    if (is_half_arr(k, a)) return half_to_float(k->half, ((const uint16_t *)a->mem.ptr)[i]);
     if (a->type == T_ELEM && k->f32) return (double)((const float *)a->mem.ptr)[i];
     return ((const double *)a->mem.ptr)[i];
 }
@@ -1390,6 +1510,7 @@ static void release(call_t *k)
         free(k->a[r].copy);
         free(k->a[r].v);
         free(k->a[r].iv);
+        free(k->a[r].hv);
     }
     mem_free(&k->pmem);
     mem_free(&k->decoy);
@@ -1405,6 +1526,21 @@ static int invoke(call_t *k)
     const double *tc = PTR(A_TC), *gmax = PTR(A_GMAX), *gsum = PTR(A_GSUM);
     double *tco = PTR(A_TCO), *rmax = PTR(A_RMAX), *rsum = PTR(A_RSUM);
     int64_t n = k->n, c = k->c, d = k->d, cl = k->cl, cs = k->cs, ct = k->ct;
+    if (k->half) {
+        const uint16_t *x = PTR(A_X);
+        const float *gl = PTR(A_GL);
+        float *loss = PTR(A_LOSS);
+        uint16_t *gx = PTR(A_GX);
+        int bf = k->half == H_BF16;
+        switch (k->fam) {
+        case FAM_FWD: return bf ? amm_forward_bf16(p, x, n, c, lab, loss)
+                                : amm_forward_f16(p, x, n, c, lab, loss);
+        case FAM_BWD: return bf ? amm_backward_bf16(p, x, n, c, lab, gl, gx)
+                                : amm_backward_f16(p, x, n, c, lab, gl, gx);
+        default: return bf ? amm_forward_backward_bf16(p, x, n, c, lab, loss, gx)
+                           : amm_forward_backward_f16(p, x, n, c, lab, loss, gx);
+        }
+    }
     if (k->f32) {
         const float *x = PTR(A_X), *w = PTR(A_W), *gl = PTR(A_GL);
         float *loss = PTR(A_LOSS), *gx = PTR(A_GX), *gw = PTR(A_GW);
@@ -1465,6 +1601,7 @@ static void describe_call(const call_t *k, const oracle_t *o)
             size_t shown = a->alloc < 64 ? a->alloc : 64;
             for (size_t i = 0; i < shown; ++i) {
                 if (a->type == T_I64) note("%s%" PRId64, i ? ", " : "", a->iv[i]);
+                else if (a->hv) note("%s%.9g (0x%04x)", i ? ", " : "", a->v[i], a->hv[i]);
                 else note("%s%.9g", i ? ", " : "", a->v[i]);
             }
             note("%s]", shown < a->alloc ? ", ..." : "");
@@ -1744,6 +1881,9 @@ static void check_values(call_t *k)
                 long double want = cr.grad[i * cols + j], got = get_value(k, gx, (size_t)(i * cols + j));
                 long double tol = cr.grad_tol[i * cols + j] + 4 * eps * rowmax +
                                   (k->f32 ? 1e-37L : 1e-300L);
+                if (k->half) /* one rounding to 16 bits: 8 (bf16) or 11 (f16) bits kept */
+                    tol += (k->half == H_BF16 ? 0x1p-8L : 0x1p-11L) * (fabsl(want) + tol) +
+                           (k->half == H_F16 ? 0x1p-25L : 0);
                 if (fabsl(got - want) > tol) {
                     failure("grad_cos[%" PRId64 ", %" PRId64 "] = %.9Lg, the formulation gives %.9Lg "
                             "(tolerance %.2Lg)", i, j, got, want, tol);
@@ -1855,6 +1995,120 @@ static void compare_rerun(call_t *k, unsigned char **saved, int status2, const c
     }
 }
 
+/* The strongest oracle of the 16-bit functions. The header: each cosine is widened exactly to
+   float and computed as the _f32 path computes it (its parameter checks included); each
+   grad_cos element is rounded to nearest even to the storage type, and one that rounds beyond
+   its range is AMM_ERR_OVERFLOW naming grad_cos[i, j]. So the same call to the _f32 function
+   on the widened cosines (the same parameter block, hard_negatives redirected; the same labels
+   and grad_loss) must return the same status, or AMM_ERR_OVERFLOW exactly where its gradient
+   rounds to an infinity; on AMM_OK the same loss bits, the gradient rounded, the same counts;
+   on a failure the same message but for the function's name. */
+static void check_half_against_f32(call_t *k, int status, const char *half_msg)
+{
+    static const char *const F32_NAME[3] = {"amm_forward_f32", "amm_backward_f32",
+                                            "amm_forward_backward_f32"};
+    arr_t *x = &k->a[A_X], *gx = &k->a[A_GX], *loss = &k->a[A_LOSS], *hn = &k->a[A_HN];
+    float *x32 = NULL, *loss32 = NULL, *g32 = NULL;
+    int64_t *hn32 = NULL;
+    _Alignas(16) unsigned char pbuf[PBUF];
+    memcpy(pbuf, k->pmem.ptr, PBUF);
+    if (x->used && !x->null) {
+        x32 = malloc((x->alloc ? x->alloc : 1) * sizeof(float));
+        if (!x32) exit(3);
+        for (size_t i = 0; i < x->alloc; ++i) x32[i] = (float)get_value(k, x, i);
+    }
+    if (loss->used && !loss->null && !(loss32 = calloc(loss->alloc ? loss->alloc : 1, 4))) exit(3);
+    if (gx->used && !gx->null && !(g32 = calloc(gx->alloc ? gx->alloc : 1, 4))) exit(3);
+    if (hn->used) {
+        if (!(hn32 = malloc((hn->alloc ? hn->alloc : 1) * 8))) exit(3);
+        memset(hn32, 0x5A, (hn->alloc ? hn->alloc : 1) * 8);
+        ((amm_params *)pbuf)->hard_negatives = hn32;
+    }
+    const amm_params *p = k->pnull ? NULL : (const amm_params *)pbuf;
+    const int64_t *lab = PTR(A_LAB);
+    const float *gl = PTR(A_GL);
+    const char *f32name = F32_NAME[k->fam];
+    note("  the same call to %s on the widened cosines", f32name);
+    g_in_library = 1;
+    int s32 = k->fam == FAM_FWD ? amm_forward_f32(p, x32, k->n, k->c, lab, loss32)
+              : k->fam == FAM_BWD ? amm_backward_f32(p, x32, k->n, k->c, lab, gl, g32)
+                                  : amm_forward_backward_f32(p, x32, k->n, k->c, lab, loss32, g32);
+    g_in_library = 0;
+    note(" returned %s (%d)\n", sname(s32), s32);
+    char msg32[4096];
+    snprintf(msg32, sizeof msg32, "%s", amm_last_error());
+    if (s32 != AMM_OK) { /* the thread's message is now this call's */
+        snprintf(g_last_msg, sizeof g_last_msg, "%s", msg32);
+        g_last_msg_known = 1;
+    }
+    /* the status the 16-bit call must return */
+    int want = s32;
+    int64_t cols = k->c;
+    if (s32 == AMM_OK && g32 && !gx->big)
+        for (int64_t i = 0; i < gx->count; ++i)
+            if (!isfinite(half_to_float(k->half, float_to_half(k->half, g32[i])))) {
+                want = AMM_ERR_OVERFLOW;
+                break;
+            }
+    /* NaN or infinity in a row after one whose gradient rounds beyond the 16-bit range: the
+       16-bit call may stop at the earlier row (either status, as for the overflow of any
+       output together with a NaN), naming grad_cos */
+    int nan_or_rounding = status == AMM_ERR_OVERFLOW && s32 == AMM_ERR_NONFINITE &&
+                          k->fam != FAM_FWD && strstr(half_msg, "grad_cos[") != NULL;
+    if (status != want && !nan_or_rounding) {
+        if (status != AMM_ERR_ALLOC && s32 != AMM_ERR_ALLOC)
+            failure("returned %s (%d), but %s on the widened cosines returned %s (%d)%s",
+                    sname(status), status, f32name, sname(s32), s32,
+                    want == AMM_ERR_OVERFLOW ? " and a gradient beyond the 16-bit range" : "");
+    } else if (status == AMM_OK) {
+        for (int64_t i = 0; loss32 && i < loss->count; ++i) {
+            float got = ((const float *)loss->mem.ptr)[i];
+            if (memcmp(&got, &loss32[i], 4) != 0) {
+                failure("loss[%" PRId64 "] = %a, %s on the widened cosines gives %a", i,
+                        (double)got, f32name, (double)loss32[i]);
+                break;
+            }
+        }
+        for (int64_t i = 0; g32 && i < gx->count; ++i) {
+            uint16_t got = ((const uint16_t *)gx->mem.ptr)[i];
+            uint16_t rounded = float_to_half(k->half, g32[i]);
+            if (got != rounded) {
+                failure("grad_cos[%" PRId64 ", %" PRId64 "] = 0x%04x (%a), but %s gives %a, "
+                        "which rounds to 0x%04x (%a)", i / cols, i % cols, got,
+                        (double)half_to_float(k->half, got), f32name, (double)g32[i], rounded,
+                        (double)half_to_float(k->half, rounded));
+                break;
+            }
+        }
+        if (hn32 && memcmp(hn32, hn->mem.ptr, hn->mem.bytes) != 0)
+            failure("hard_negatives differ from those of %s on the widened cosines", f32name);
+    } else if (status == AMM_ERR_OVERFLOW && s32 == AMM_OK) {
+        /* the rounding overflowed: the message names an element that does */
+        const char *at = strstr(half_msg, "grad_cos[");
+        long long i = -1, j = -1;
+        if (!at || sscanf(at, "grad_cos[%lld, %lld]", &i, &j) != 2)
+            failure("the message \"%s\" does not name grad_cos[i, j] (its rounding overflows)",
+                    half_msg);
+        else if (i < 0 || j < 0 || i >= k->n || j >= cols ||
+                 isfinite(half_to_float(k->half, float_to_half(k->half, g32[i * cols + j]))))
+            failure("the message \"%s\" names an element that does not round beyond the range "
+                    "(%s gives %a there)", half_msg, f32name,
+                    i >= 0 && j >= 0 && i < k->n && j < cols ? (double)g32[i * cols + j] : 0.0);
+    } else if (status != AMM_ERR_OVERFLOW && !nan_or_rounding) {
+        /* the same failure: the same message but for the name (an overflow may be met first
+           in the rounding to 16 bits, and named there) */
+        size_t l16 = strlen(fn_name(k)), l32 = strlen(f32name);
+        if (strncmp(half_msg, fn_name(k), l16) == 0 && strncmp(msg32, f32name, l32) == 0 &&
+            strcmp(half_msg + l16, msg32 + l32) != 0)
+            failure("the message \"%s\" differs from %s's \"%s\" on the widened cosines",
+                    half_msg, f32name, msg32);
+    }
+    free(x32);
+    free(loss32);
+    free(g32);
+    free(hn32);
+}
+
 /* Runs a prepared call (layout done, values set): oracle, call, checks. Returns the status. */
 static int run_call(call_t *k)
 {
@@ -1883,10 +2137,13 @@ static int run_call(call_t *k)
     snprintf(g_kind_extra, sizeof g_kind_extra, "%s", fn_name(k));
     check_memory(k);
     check_message(fn_name(k), status, &o, o.npname > 0 && !(o.mask & BIT(AMM_OK)));
+    char msg_first[4096];
+    snprintf(msg_first, sizeof msg_first, "%s", amm_last_error());
     if (status == AMM_OK) {
         check_outputs(k);
         if (!g_call_failed) check_values(k);
     }
+    if (k->half) check_half_against_f32(k, status, msg_first);
     end_call();
 
     /* the same call with another num_threads: the same bits, or the same error */
@@ -1894,7 +2151,7 @@ static int run_call(call_t *k)
         rchance(0.1) && (status == AMM_OK || o.exact_single)) {
         unsigned char *saved[A_COUNT] = {0};
         char msg1[4096];
-        snprintf(msg1, sizeof msg1, "%s", amm_last_error());
+        snprintf(msg1, sizeof msg1, "%s", msg_first);
         for (int r = A_LOSS; r < A_COUNT; ++r) {
             arr_t *a = &k->a[r];
             if (!a->used || (a->null && r != A_HN)) continue;
@@ -1983,9 +2240,16 @@ static void fill_inputs(call_t *k, double spice)
         int64_t cols = rows ? (int64_t)x->alloc / rows : 0;
         for (int64_t i = 0; i < rows; ++i) {
             double rsc = head ? gen_row_scale(k->f32) : 1;
-            for (int64_t j = 0; j < cols; ++j)
+            for (int64_t j = 0; j < cols; ++j) {
+                if (k->half) {
+                    uint16_t b = gen_half_cos_bits(k->half, spice);
+                    x->hv[i * cols + j] = b;
+                    x->v[i * cols + j] = half_to_float(k->half, b);
+                    continue;
+                }
                 x->v[i * cols + j] = head ? gen_emb_value(k->f32, spice, rsc)
                                           : gen_cos_value(k->f32, spice);
+            }
         }
     }
     arr_t *w = &k->a[A_W];
@@ -2042,12 +2306,55 @@ static void gen_nulls(call_t *k)
     k->pnull = rchance(0.02);
 }
 
-static void random_call(int fam, int f32)
+/* For a 16-bit backward call: scales grad_loss so that the largest gradient entry lands next
+   to the value where rounding to 16 bits overflows (f16 65520, bf16 0x1.ffp+127), on either
+   side, so that the boundary between AMM_OK and AMM_ERR_OVERFLOW is met often. Aims with a
+   quiet call to amm_backward_f32 on the widened cosines (its result only aims). */
+static void steer_to_rounding_edge(call_t *k)
+{
+    arr_t *x = &k->a[A_X], *lab = &k->a[A_LAB], *gl = &k->a[A_GL];
+    if (k->pnull || k->n < 1 || k->c < 1 || x->null || x->big || lab->null || lab->big ||
+        gl->null || gl->big || gl->alloc == 0)
+        return;
+    _Alignas(16) unsigned char pbuf[PBUF];
+    write_params(pbuf, &k->ps, NULL, NULL);
+    float *x32 = malloc(x->alloc * sizeof(float)), *g32 = malloc(x->alloc * sizeof(float));
+    float *gl32 = malloc(gl->alloc * sizeof(float));
+    if (!x32 || !g32 || !gl32) exit(3);
+    for (size_t i = 0; i < x->alloc; ++i) x32[i] = (float)x->v[i];
+    for (size_t i = 0; i < gl->alloc; ++i) gl32[i] = (float)gl->v[i];
+    char keep[4096]; /* the thread's message: this call is not one of the run's */
+    snprintf(keep, sizeof keep, "%s", amm_last_error());
+    g_in_library = 1;
+    int st = amm_backward_f32((const amm_params *)pbuf, x32, k->n, k->c, lab->iv, gl32, g32);
+    g_in_library = 0;
+    double gmax = 0;
+    for (size_t i = 0; st == AMM_OK && i < x->alloc; ++i)
+        if (fabs((double)g32[i]) > gmax) gmax = fabs((double)g32[i]);
+    if (gmax > 0 && isfinite(gmax)) {
+        double edge = k->half == H_BF16 ? H_OVERFLOW_BF16 : H_OVERFLOW_F16;
+        double f = edge * (1 + (runif() - 0.5) * (rchance(0.5) ? 0x1p-6 : 0x1p-14)) / gmax;
+        for (size_t i = 0; i < gl->alloc; ++i) gl->v[i] = to_elem(1, gl->v[i] * f);
+        if (st != AMM_OK || any_nonfinite(gl->v, (int64_t)gl->alloc)) st = -1;
+    }
+    if (st != AMM_OK && strcmp(keep, amm_last_error()) != 0) {
+        snprintf(g_last_msg, sizeof g_last_msg, "%s", amm_last_error());
+        g_last_msg_known = 1;
+    }
+    free(x32);
+    free(g32);
+    free(gl32);
+}
+
+/* half: H_NONE, or H_BF16 / H_F16 for the 16-bit functions of FAM_FWD, FAM_BWD, FAM_FB (which
+   take the _f32 parameter checks: f32 must be 1). */
+static void random_call(int fam, int f32, int half)
 {
     call_t k;
     memset(&k, 0, sizeof k);
     k.fam = fam;
     k.f32 = f32;
+    k.half = half;
     k.page_mode = rchance(0.25) ? (int)rrange(1, 2) : 0;
     int shard = is_shard(fam), head = is_head(fam);
     /* shape */
@@ -2094,6 +2401,7 @@ static void random_call(int fam, int f32)
     gen_nulls(&k);
     double spice = rchance(0.5) ? 0 : rchance(0.5) ? 0.05 : 0.25;
     fill_inputs(&k, spice);
+    if (half && fam == FAM_BWD && rchance(0.5)) steer_to_rounding_edge(&k);
     k.consistent = 0;
     run_call(&k);
     release(&k);
@@ -2727,9 +3035,14 @@ static void run_case(void)
     uint64_t roll = rbelow(1000);
     int f32 = (int)rbelow(2);
     if (roll < 560) {
+        /* the last six: the 16-bit functions, each twice as often as another single call
+           (the others are called in the protocols too) */
         static const int fams[] = {FAM_FWD, FAM_BWD, FAM_FB, FAM_HEAD, FAM_ST, FAM_SS, FAM_SG,
-                                   FAM_SHT, FAM_SHS, FAM_SHG};
-        random_call(PICK(fams), f32);
+                                   FAM_SHT, FAM_SHS, FAM_SHG, FAM_FWD, FAM_BWD, FAM_FB,
+                                   FAM_FWD, FAM_BWD, FAM_FB};
+        uint64_t pick = rbelow(sizeof fams / sizeof fams[0]);
+        if (pick >= 10) random_call(fams[pick], 1, f32 ? H_BF16 : H_F16);
+        else random_call(fams[pick], f32, H_NONE);
     } else if (roll < 700) {
         protocol(f32, 0);
     } else if (roll < 820) {
