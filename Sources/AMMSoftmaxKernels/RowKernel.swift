@@ -260,7 +260,9 @@ public struct RowStatistics<T: LossScalar> {
     @inlinable public var loss: Double {
         guard targetLogit.isFinite else { return .infinity }
         if targetLogit >= maximum { return Double.log(onePlus: negativeSum) }
-        return Double.log(total) + maximum - targetLogit
+        // logsumexp >= z_y: a negative value is rounding (exp(z_y - maximum) underflowing
+        // where the negatives' sum is 0, as inconsistent global statistics can make it).
+        return Swift.max(0, Double.log(total) + maximum - targetLogit)
     }
 }
 

@@ -171,3 +171,22 @@ def test_amm_margin_beyond_pi(t, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(loss, want_loss, rtol=tol)
     np.testing.assert_allclose(grad, want_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("function", ["amm_shard_gradient_f64", "amm_shard_gradient_f32"])
+def test_phase_3_loss_is_never_negative(function):
+    """Found by the half-precision fuzz run (defect 8): global_sum = 0 with a finite
+    global_max far above the target logit; the loss, logsumexp(z_y, M + log 0) - z_y = 0, came
+    out as -0.001 (exp(z_y - M) underflowing) with AMM_OK."""
+    lib = L.load()
+    dtype = np.float64 if function.endswith("f64") else np.float32
+    p = params(scale=669.7744982762282 if dtype == np.float64 else 60.0, target=1, margin=0.35,
+               hard=3, reduction=2)
+    cos = np.array([[-0.683781393]], dtype)
+    tc, gmax, gsum = np.array([-0.683781393]), np.array([46.0176301]), np.array([0.0])
+    labels = np.array([0], np.int64)
+    loss, grad = np.zeros(1, dtype), np.zeros((1, 1), dtype)
+    status = getattr(lib, function)(ctypes.byref(p), ptr(cos), 1, 1, 0, 2, ptr(labels), ptr(tc),
+                                    ptr(gmax), ptr(gsum), None, ptr(loss), ptr(grad))
+    assert status == L.AMM_OK, last_error()
+    assert loss[0] == 0.0 and grad[0, 0] == 0.0
