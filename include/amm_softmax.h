@@ -89,7 +89,8 @@ typedef enum amm_status {
     AMM_ERR_PARAM = 4,          /* a parameter is out of its domain: scale (also, for _f32: not
                                    finite as a float, or rounding to 0 there), margin,
                                    hard_margin (also, for _f32: not finite as a float),
-                                   an unknown target/hard/reduction value, num_threads < 0, or
+                                   an unknown target/hard/reduction/margin_gradient value,
+                                   num_threads < 0, or
                                    struct_size smaller than the amm_params of version 0.1      */
     AMM_ERR_NONFINITE = 5,      /* cos holds a NaN or an infinity in a row that is not ignored,
                                    or grad_loss holds a NaN or an infinity                      */
@@ -163,7 +164,8 @@ typedef struct amm_params {
     uint32_t struct_size;  /* sizeof(amm_params) as the caller compiled it                        */
     double   scale;        /* s > 0 and finite. Default 64.                                       */
     double   margin;       /* m: target margin. Default 0.5. arc: 0 <= m < pi; cos: finite.       */
-    double   hard_margin;  /* t: hard-negative margin, finite and >= 0. Default 0.2.              */
+    double   hard_margin;  /* t: hard-negative margin, finite and >= 0 (any finite value for
+                              AMM_HARD_CURRICULAR). Default 0.2.                               */
     int32_t  target;       /* AMM_TARGET_*. Default AMM_TARGET_ARC.                               */
     int32_t  hard;         /* AMM_HARD_*. Default AMM_HARD_AMM.                                   */
     int32_t  reduction;    /* AMM_REDUCTION_*. Default AMM_REDUCTION_MEAN.                        */
@@ -204,7 +206,7 @@ AMM_API const char *amm_version(void);
 AMM_API uint32_t amm_version_number(void);
 
 /* Checks *p against every parameter domain without computing anything: struct_size, the
-   variants (target, hard, reduction), scale, margin, hard_margin, num_threads and
+   variants (target, hard, reduction, margin_gradient), scale, margin, hard_margin, num_threads and
    head_block_size, in that order, exactly as every computing function checks them first (one
    definition of the domains, which the Python package also calls; head_block_size is checked
    by the head only: the loss functions never read it and accept any value there). Returns AMM_OK, or

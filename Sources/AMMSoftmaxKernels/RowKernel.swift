@@ -261,8 +261,10 @@ public struct RowStatistics<T: LossScalar> {
         guard targetLogit.isFinite else { return .infinity }
         if targetLogit >= maximum { return Double.log(onePlus: negativeSum) }
         // logsumexp >= z_y: a negative value is rounding (exp(z_y - maximum) underflowing
-        // where the negatives' sum is 0, as inconsistent global statistics can make it).
-        return Swift.max(0, Double.log(total) + maximum - targetLogit)
+        // where the negatives' sum is 0, as inconsistent global statistics can make it). NaN
+        // and infinities pass unchanged: they report an overflow.
+        let loss = Double.log(total) + maximum - targetLogit
+        return loss < 0 ? 0 : loss
     }
 }
 

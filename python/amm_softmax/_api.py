@@ -346,7 +346,9 @@ def curricular_t(t: float, target_cosines: ArrayLike, labels: ArrayLike | None =
     """CurricularFace's moving average before a step: alpha * mean(c_y) + (1 - alpha) * t over
     the rows that are not ignored (t unchanged when there are none). `target_cosines`: the
     step's c_y, e.g. from the `target_cosines=` output of a call on the same inputs, or computed
-    by the caller; pass the result as hard_margin with hard="curricular"."""
+    by the caller; pass the result as hard_margin with hard="curricular". Give `labels` when
+    some rows are ignored (their target_cosines entries are 0): without them every entry is
+    averaged."""
     c = np.asarray(target_cosines, dtype=np.float64).reshape(-1)
     if labels is not None:
         c = c[np.asarray(labels).reshape(-1) != ignore_index]

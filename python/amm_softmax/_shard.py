@@ -254,9 +254,11 @@ def cosine_forward_backward(cos_shard, labels, collectives: Collectives, *,
         labels_ = np.asarray(labels)
         if labels_.dtype.kind not in "iu":
             raise TypeError(f"labels must have an integer dtype, got {labels_.dtype}")
-        local.update(p=p, cos=cos, labels=labels_,
-                     counts=_counts_out(hard_negatives, cos.shape[0]),
-                     cosines=_cosines_out(target_cosines, cos.shape[0]))
+        inputs = (("cos_shard", cos_shard, True), ("labels", labels, True))
+        counts = _counts_out(hard_negatives, cos.shape[0], inputs)
+        local.update(p=p, cos=cos, labels=labels_, counts=counts,
+                     cosines=_cosines_out(target_cosines, cos.shape[0],
+                                          inputs + (("hard_negatives", counts, False),)))
         return p
     p = _attempt(coll, prepare)
     cos = local["cos"]
@@ -362,9 +364,12 @@ def head_forward_backward(x_local, w_shard, labels_local, collectives: Collectiv
         if y.shape != (x.shape[0],):
             raise ValueError(f"labels must have shape ({x.shape[0]},) to match x_local, "
                              f"got {y.shape}")
-        local.update(x=_dense(x), w=_dense(w), y=y.astype(np.int64),
-                     counts=_counts_out(hard_negatives, x.shape[0]),
-                     cosines=_cosines_out(target_cosines, x.shape[0]))
+        inputs = (("x_local", x_local, True), ("w_shard", w_shard, True),
+                  ("labels_local", labels_local, True))
+        counts = _counts_out(hard_negatives, x.shape[0], inputs)
+        local.update(x=_dense(x), w=_dense(w), y=y.astype(np.int64), counts=counts,
+                     cosines=_cosines_out(target_cosines, x.shape[0],
+                                          inputs + (("hard_negatives", counts, False),)))
         return p
     p = _attempt(coll, prepare)
     x, w, y_local = local["x"], local["w"], local["y"]

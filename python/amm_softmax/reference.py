@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ._params import (check_block_size, check_cos, check_grad_output, check_head_inputs,
+from ._params import (RawBFloat16, check_block_size, check_cos, check_grad_output, check_head_inputs,
                       check_labels, check_params)
 
 SIN_FLOOR = 1e-7
@@ -127,6 +127,8 @@ def _logits(cos, labels, p):
 def _prepare(cos, labels, params):
     p = check_params(**params)
     cos = check_cos(cos)
+    if isinstance(cos, RawBFloat16):   # bfloat16 bit patterns: their float32 values
+        cos = (cos.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     labels = check_labels(labels, cos.shape[0], cos.shape[1], p.ignore_index)
     kept = labels != p.ignore_index
     x = cos.astype(np.float64)[kept]
@@ -272,4 +274,6 @@ def curricular_t(t: float, target_cosines: Any, labels: Any = None, ignore_index
     c = np.asarray(target_cosines, dtype=np.float64)
     if labels is not None:
         c = c[np.asarray(labels) != ignore_index]
+    if not np.isfinite(t) or not np.isfinite(c).all():
+        raise ValueError("curricular_t: t and the target cosines must be finite")
     return float(t) if c.size == 0 else alpha * float(c.mean()) + (1.0 - alpha) * float(t)

@@ -25,7 +25,7 @@ Class sampling (sample_rate < 1) is also taken by AMMSoftmaxHead, on one process
 """
 from __future__ import annotations
 
-import sys
+import math
 from typing import Any
 
 import numpy as np
@@ -101,18 +101,28 @@ class GradientBuffer:
     left to whoever holds it."""
 
     def __init__(self) -> None:
-        self.tensor: torch.Tensor | None = None
+        # Only the storage is kept: every tensor made on it (by any step, held by anyone: the
+        # caller, a hook, a saved variable of a live graph) counts on it, so that its use
+        # count alone says whether the memory is free.
+        self.storage: torch.UntypedStorage | None = None
+        self.dtype: torch.dtype | None = None
 
     def take(self, like: torch.Tensor) -> torch.Tensor:
-        t = self.tensor
-        # References: self.tensor, the local t and getrefcount's argument; one TensorImpl and
-        # the temporary storage object on the storage.
-        if t is not None and t.shape == like.shape and t.dtype == like.dtype and \
-                sys.getrefcount(t) == 3 and \
-                torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2:
-            return t
-        self.tensor = torch.empty(like.shape, dtype=like.dtype)
-        return self.tensor
+        storage = self.storage
+        if storage is not None and self.dtype == like.dtype and \
+                storage.nbytes() == like.numel() * like.element_size() and \
+                torch._C._storage_Use_Count(storage._cdata) == 1:
+            return torch.empty(0, dtype=like.dtype).set_(storage, 0, like.shape)
+        tensor = torch.empty(like.shape, dtype=like.dtype)
+        self.storage, self.dtype = tensor.untyped_storage(), like.dtype
+        return tensor
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        """A view of the kept array (for inspection), or None before the first step."""
+        if self.storage is None:
+            return None
+        return torch.empty(0, dtype=self.dtype).set_(self.storage)
 
 
 class AMMSoftmaxFunction(torch.autograd.Function):
@@ -123,14 +133,12 @@ class AMMSoftmaxFunction(torch.autograd.Function):
                 buffer: GradientBuffer | None = None) -> torch.Tensor:
         cos_np, labels_np = _numpy(cos, "cos", half=True), _numpy(labels, "labels")
         ctx.reduction = params.get("reduction", "mean")
-        ctx.params = params
         if ctx.needs_input_grad[0]:
             out = None if buffer is None else buffer.take(cos)
             loss, grad = _api.forward_backward(
                 cos_np, labels_np, out=None if out is None else _numpy(out, "out", half=True),
                 **params)
             ctx.grad = _tensor(grad, cos) if out is None else out
-            ctx.save_for_backward(cos, labels)
         else:
             loss = _api.forward(cos_np, labels_np, **params)
         # The 16-bit types compute in float32 and return their loss in it (as autocast keeps a
@@ -140,15 +148,9 @@ class AMMSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
-        # The gradient made in forward is handed over and forgotten here, so that autograd can
-        # take it as a leaf's .grad without a copy; a second backward (retain_graph) makes it
-        # again from the saved inputs.
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            cos, labels = ctx.saved_tensors
-            grad = _tensor(_api.forward_backward(_numpy(cos, "cos", half=True),
-                                                 _numpy(labels, "labels"), **ctx.params)[1], cos)
-        return _scale(grad, grad_output, ctx.reduction), None, None, None
+        # The gradient made in forward stays with ctx (a second backward, retain_graph, reads
+        # it again); autograd copies it only where it must own it (a leaf's .grad).
+        return _scale(ctx.grad, grad_output, ctx.reduction), None, None, None
 
 
 class AMMSoftmaxHeadFunction(torch.autograd.Function):
@@ -188,17 +190,35 @@ class _CurricularState(torch.nn.Module):
             self.register_buffer("t", torch.tensor(float(params.get("hard_margin", 0.0)),
                                                    dtype=torch.float64))
 
-    def _step_params(self, target_cosines, labels: torch.Tensor) -> dict:
-        """The parameters of this step: with t updated first (training mode, curricular)."""
+    def _step_params(self, target_cosines, labels: torch.Tensor) -> tuple[dict, float | None]:
+        """The parameters of this step, with t updated first (training mode, curricular), and
+        the new t, which the caller stores only once the step has succeeded (a batch the
+        library refuses leaves t as it was)."""
         if not self.curricular:
-            return self.params
+            return self.params, None
+        t = float(self.t)
         if self.training:
             with torch.no_grad():
                 cy = target_cosines().to(torch.float64)
                 kept = labels != self.params.get("ignore_index", -100)
                 if bool(kept.any()):
-                    self.t.mul_(0.99).add_(0.01 * cy[kept].mean())
-        return dict(self.params, hard_margin=float(self.t))
+                    mean = float(cy[kept].mean())
+                    if math.isfinite(mean):   # else the library refuses the batch below
+                        t = 0.99 * t + 0.01 * mean
+        return dict(self.params, hard_margin=t), t
+
+    def _store_t(self, t: float | None) -> None:
+        if t is not None and self.training:
+            self.t.fill_(t)
+
+    def _apply(self, fn, *args, **kwargs):
+        # module.half() or .to(torch.bfloat16) converts floating buffers: t stays float64, where
+        # its 1% updates do not vanish in the rounding.
+        saved = self.t if getattr(self, "curricular", False) else None
+        result = super()._apply(fn, *args, **kwargs)
+        if saved is not None:   # moved where the module goes, its value and float64 kept
+            self.t = saved.to(device=self.t.device, dtype=torch.float64)
+        return result
 
 
 def _target_cosines_of(cos: torch.Tensor, labels: torch.Tensor):
@@ -230,10 +250,12 @@ class AMMSoftmaxLoss(_CurricularState):
         self.gradient_buffer = GradientBuffer() if reuse_gradient else None
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        params = self._step_params(_target_cosines_of(cos, labels), labels) \
+        params, t = self._step_params(_target_cosines_of(cos, labels), labels) \
             if isinstance(cos, torch.Tensor) and isinstance(labels, torch.Tensor) \
-            and cos.dim() == 2 and labels.shape == cos.shape[:1] else self.params
-        return AMMSoftmaxFunction.apply(cos, labels, params, self.gradient_buffer)
+            and cos.dim() == 2 and labels.shape == cos.shape[:1] else (self.params, None)
+        loss = AMMSoftmaxFunction.apply(cos, labels, params, self.gradient_buffer)
+        self._store_t(t)
+        return loss
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -380,11 +402,13 @@ class AMMSoftmaxHead(_CurricularState):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = _to_weight_dtype(embeddings, self.weight)
-        params = self._step_params(self._target_cosines(embeddings, labels), labels) \
+        params, t = self._step_params(self._target_cosines(embeddings, labels), labels) \
             if isinstance(embeddings, torch.Tensor) and isinstance(labels, torch.Tensor) \
             and embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] \
-            and embeddings.shape[1] == self.weight.shape[1] else self.params
-        return self._forward(embeddings, labels, params)
+            and embeddings.shape[1] == self.weight.shape[1] else (self.params, None)
+        loss = self._forward(embeddings, labels, params)
+        self._store_t(t)
+        return loss
 
     def _forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  params: dict) -> torch.Tensor:

@@ -97,3 +97,21 @@ def test_target_cosines_monitor():
     amm_softmax.forward(cos.numpy(), np.array([0, 1]), target_cosines=out)
     np.testing.assert_array_equal(out, [0.5, 0.9])
     assert np.degrees(np.arccos(out)).mean() == pytest.approx((60.0 + 25.841932763) / 2, rel=1e-9)
+
+
+def test_a_refused_batch_leaves_t_alone_and_half_keeps_it_float64():
+    cos = torch.tensor([[0.5, 0.1], [0.2, 0.9]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    module = AMMSoftmaxLoss(hard="curricular", scale=16.0)
+    module(cos, labels)
+    t1 = float(module.t)
+    bad = cos.clone()
+    bad[0, 0] = float("nan")          # the target of row 0: the library refuses the batch
+    with pytest.raises(ValueError, match=r"cos\[0, 0\] = nan"):
+        module(bad, labels)
+    assert float(module.t) == t1
+    with pytest.raises(ValueError, match=r"labels\[1\] = 7"):
+        module(cos, torch.tensor([0, 7]))
+    assert float(module.t) == t1
+    module.half()
+    assert module.t.dtype == torch.float64 and float(module.t) == t1

@@ -102,6 +102,18 @@ def test_reused_gradient_buffer_is_reused_and_never_overwrites_a_kept_gradient()
         assert torch.equal(leaf.grad, got)
 
 
+def test_reused_buffer_is_not_overwritten_while_a_graph_saves_it():
+    """create_graph: a later node may keep the gradient tensor itself (no new Python or
+    storage owner but the TensorImpl); the storage's use count still sees it."""
+    base, labels = _problem(2)
+    loss_fn = AMMSoftmaxLoss(scale=16.0, reuse_gradient=True)
+    cos = base.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(cos, labels), cos, create_graph=True)
+    snapshot = grad.detach().clone()
+    loss_fn(base.clone().requires_grad_(True) * 0.5, labels).backward()
+    assert torch.equal(grad.detach(), snapshot)
+
+
 def test_backward_twice_with_retain_graph():
     base, labels = _problem(1)
     cos = base.clone().requires_grad_(True)

@@ -1,8 +1,9 @@
 /* Half-precision storage (docs/FORMULATION.md, "Half precision"): bfloat16 and IEEE binary16
  * values held in uint16_t, widened exactly to float on read and rounded to nearest, ties to
- * even, on write. Plain integer arithmetic on the bit patterns, so that the results do not
- * depend on the CPU's F16C or AVX512_BF16 support, nor on the caller's MXCSR (flush-to-zero
- * and denormals-are-zero leave them unchanged). Internal to the library; not part of the C API. */
+ * even, on write. Integer arithmetic on the bit patterns (and one float addition, exact, for
+ * f16 subnormals), so that the results do not depend on the CPU's F16C or AVX512_BF16
+ * support, nor on flush-to-zero or denormals-are-zero (a non-default rounding mode of the
+ * caller would change that addition's rounding only). Internal to the library; not part of the C API. */
 #ifndef AMM_HALF_PRECISION_H
 #define AMM_HALF_PRECISION_H
 
