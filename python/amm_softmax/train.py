@@ -329,7 +329,7 @@ class TorchNetwork:
 
 
 def train(split: Split, name: str, config: dict, epochs: int, seed: int, backend: str,
-          batch=128, lr=2e-3, show_progress=True):
+          batch=128, lr=2e-3):
     rng = np.random.default_rng(seed)
     classes = int(split.y_train.max()) + 1
     net = Network.create(split.x_train.shape[1], 128, 32, classes, rng)
@@ -346,40 +346,10 @@ def train(split: Split, name: str, config: dict, epochs: int, seed: int, backend
                                                    config, lr)
             losses.append(loss)
             done = (epoch - 1 + (start + len(idx)) / len(order)) / epochs
-            if show_progress:
-                progress(name, done, epoch, epochs, float(np.mean(losses)),
-                         hard / max(negatives, 1))
+            progress(name, done, epoch, epochs, float(np.mean(losses)), hard / max(negatives, 1))
         curve.append(float(np.mean(losses)))
-    if show_progress:
-        sys.stdout.write("\n")
-    else:
-        print(f"  {name:<20}done: loss {curve[0]:.4f} -> {curve[-1]:.4f}", flush=True)
+    sys.stdout.write("\n")
     return net, curve
-
-
-def _train_and_evaluate(task):
-    """One (configuration, seed) run in a worker process: its curve and metrics (the network
-    stays in the worker)."""
-    split, name, config, epochs, seed, backend = task
-    net, curve = train(split, name, config, epochs, seed, backend, show_progress=False)
-    return dict(curve=curve, metrics=evaluate(net, split))
-
-
-def _run_all(tasks, jobs: int) -> list:
-    """The runs of `tasks`, in their order: on `jobs` processes when more than one (each run
-    depends on its own seed only, so the numbers are those of one process), else here with
-    progress bars."""
-    if jobs <= 1 or len(tasks) <= 1:
-        results = []
-        for split, name, config, epochs, seed, backend in tasks:
-            net, curve = train(split, name, config, epochs, seed, backend)
-            results.append(dict(curve=curve, metrics=evaluate(net, split)))
-        return results
-    import multiprocessing
-    # fork: the workers inherit the data and the loaded library (which holds no thread or lock
-    # across a fork).
-    with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
-        return pool.map(_train_and_evaluate, tasks, chunksize=1)
 
 
 def _tar_on(roc_curve, grid):
@@ -944,9 +914,6 @@ def main(argv=None) -> int:
                          "(default 3, 1 with --quick; --ranks and --sample-rate use --seed "
                          "alone)")
     ap.add_argument("--out", type=Path, default=Path("out/train"))
-    ap.add_argument("--jobs", type=int, metavar="J",
-                    help="runs at once, in worker processes (default: one per core with the "
-                         "NumPy back-end, 1 with torch); the numbers do not depend on it")
     ap.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
                     help="the network's framework: torch if importable (auto), else numpy")
     ap.add_argument("--ranks", type=int, metavar="P",
@@ -1018,13 +985,11 @@ def run_main_job(args) -> int:
               f"identities; {epochs} epochs, seeds {', '.join(map(str, seeds))}, "
               f"s = {SCALE:g}, network in {args.backend}")
         runs = {name: [] for name in configs}
-        tasks = [(by_seed[seed][index], f"{name} s{seed}", config, epochs, seed, args.backend)
-                 for seed in seeds for name, config in configs.items()]
-        jobs = args.jobs if args.jobs is not None else \
-            (1 if args.backend == "torch" else (os.cpu_count() or 1))
-        names = [name for seed in seeds for name in configs]
-        for name, run in zip(names, _run_all(tasks, jobs)):
-            runs[name].append(run)
+        for seed in seeds:
+            split = by_seed[seed][index]
+            for name, config in configs.items():
+                net, curve = train(split, f"{name} s{seed}", config, epochs, seed, args.backend)
+                runs[name].append(dict(curve=curve, metrics=evaluate(net, split)))
         summaries = {name: summarise(rs) for name, rs in runs.items()}
         diffs = differences(summaries)
         tables = [seed_table(first.name, summaries, seeds)]

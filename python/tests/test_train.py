@@ -50,11 +50,10 @@ def test_quick_run_writes_outputs_and_reduces_the_loss(tmp_path):
 
 def test_seeds_report_mean_sd_and_per_seed_values(tmp_path):
     """--seeds 2: each row is the mean of its seeds with their sample sd, seed s is the run of
-    --seed s alone (there in one process, here on two worker processes: the numbers do not
-    depend on --jobs), and the paired differences are those of the per-seed values."""
+    --seed s alone, and the paired differences are those of the per-seed values."""
     out, alone = tmp_path / "two", tmp_path / "alone"
-    stdout = run("--quick", "--seeds", "2", "--jobs", "2", "--out", str(out), cwd=tmp_path)
-    run("--quick", "--seed", "1", "--jobs", "1", "--out", str(alone), cwd=tmp_path)
+    stdout = run("--quick", "--seeds", "2", "--out", str(out), cwd=tmp_path)
+    run("--quick", "--seed", "1", "--out", str(alone), cwd=tmp_path)
     results = json.loads((out / "results.json").read_text())
     single = json.loads((alone / "results.json").read_text())["results"]
     assert results["seeds"] == [0, 1]
