@@ -554,3 +554,40 @@ def test_a_process_group_of_some_ranks(world):
     assert_close64(np.concatenate([r["gw"] for r in group]), gw, "grad_w")
     errors = {r["error"] for r in group}
     assert len(errors) == 1 and errors.pop().startswith("rank 1: ")
+
+
+def curricular_steps(rank, size, distributed):
+    """Three training forwards of the head with hard="curricular" (each rank on its rows of
+    the TRAIN set, the weights fixed): the module's t and the loss after each; with
+    distributed=False, AMMSoftmaxHead on every row."""
+    t = TRAIN
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(t["rows"], t["dim"], generator=g, dtype=torch.float64)
+    labels = torch.arange(t["classes"]).repeat(4)[:t["rows"]]
+    params = dict(hard="curricular", scale=16.0, margin=0.3)
+    if distributed:
+        head = ShardedAMMSoftmaxHead(t["dim"], t["classes"], init_seed=t["init_seed"],
+                                     dtype=torch.float64, **params)
+        lo, hi = shard_range(t["rows"], rank, size)
+    else:
+        head = AMMSoftmaxHead(t["dim"], t["classes"], init_seed=t["init_seed"],
+                              dtype=torch.float64, **params)
+        lo, hi = 0, t["rows"]
+    out = []
+    for step in range(3):
+        x = inputs[lo:hi] * (1.0 + 0.1 * step)
+        loss = head(x, labels[lo:hi])
+        out.append((float(head.t), float(loss)))
+    return out
+
+
+def test_curricular_t_over_ranks_is_the_one_process_t(world):
+    """The sharded head updates t from phase 1's target cosines of every rank's rows, before
+    the step uses it: every rank holds the t and the loss of one process on all the rows."""
+    results = world.run(curricular_steps, True)
+    single = curricular_steps(0, 1, False)
+    assert single[0][0] != 0.0 and single[1][0] != single[0][0]
+    for r in results:
+        for (t_got, loss_got), (t_want, loss_want) in zip(r, single):
+            assert t_got == pytest.approx(t_want, rel=1e-12, abs=1e-15)
+            assert loss_got == pytest.approx(loss_want, rel=1e-10)
