@@ -70,25 +70,19 @@ public enum HalfPrecisionLoss {
             let gradientRow = out == nil ? nil : gradients.baseAddress! + worker * columns
             let blockReferences = out == nil ? nil : references.baseAddress! + worker * blocks
             let result = statistics.baseAddress! + worker
-            let badColumn = withUnsafePointer(to: parameters) {
-                kernels.statistics(row, columns, Int(label), $0, gradientRow, blockReferences,
-                                   outputs.hardNegatives != nil, nil, result)
-            }
-            guard badColumn < 0 else {
-                failures.record(row: i, worker: worker, .nonFiniteCosine(
-                    row: i, column: badColumn, value: Double(row[badColumn])))
+            if let error = kernels.rowStatistics(
+                of: i, row, columns: columns, label: Int(label), parameters: parameters,
+                gradientRow: gradientRow, blockReferences: blockReferences,
+                countsHardNegatives: outputs.hardNegatives != nil, stream: nil, into: result) {
+                failures.record(row: i, worker: worker, error)
                 return false
             }
             rowLosses[i] = result.pointee.loss
             outputs.hardNegatives?[i] = Int64(result.pointee.hardNegatives)
-            guard result.pointee.loss.isFinite else {
-                failures.record(row: i, worker: worker, .overflow(
-                    row: i, elementType: "Float", largest: Double(Float.greatestFiniteMagnitude)))
-                return false
-            }
             if let out, let gradientRow, let blockReferences {
-                let upstream = parameters.reduction == .none
-                    ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
+                let upstream = LossReduction.upstream(ofRow: i, parameters.reduction,
+                                                      upstream: outputs.upstream,
+                                                      rowFactor: rowFactor)
                 kernels.gradient(columns, Int(label), result, blockReferences, upstream,
                                  gradientRow)
                 // An entry that rounds beyond the format's range (or is already beyond Float's,

@@ -100,26 +100,19 @@ struct LossPass<T: LossScalar> {
         let blockReferences = gradientRow == nil
             ? nil : references.baseAddress! + worker * blocksPerRow
         let result = statistics.baseAddress! + worker
-        let badColumn = withUnsafePointer(to: parameters) {
-            kernels.statistics(row, columns, y, $0, gradientRow, blockReferences,
-                               outputs.hardNegatives != nil, stream, result)
-        }
-        guard badColumn < 0 else {
-            failures[worker] = (i, .nonFiniteCosine(row: i, column: badColumn,
-                                                    value: Double(row[badColumn])))
+        if let error = kernels.rowStatistics(
+            of: i, row, columns: columns, label: y, parameters: parameters,
+            gradientRow: gradientRow, blockReferences: blockReferences,
+            countsHardNegatives: outputs.hardNegatives != nil, stream: stream, into: result) {
+            failures[worker] = (i, error)
             return false
         }
         rowLosses[i] = result.pointee.loss
         outputs.hardNegatives?[i] = Int64(result.pointee.hardNegatives)
-        // A row whose loss is not a number although its input is finite: its logits overflowed.
-        guard result.pointee.loss.isFinite else {
-            failures[worker] = (i, .overflow(row: i, elementType: "\(T.self)",
-                                             largest: Double(T.greatestFiniteMagnitude)))
-            return false
-        }
         if let gradientRow, let blockReferences {
-            let upstream = parameters.reduction == .none
-                ? (outputs.upstream.map { Double($0[i]) } ?? 1) : rowFactor
+            let upstream = LossReduction.upstream(ofRow: i, parameters.reduction,
+                                                  upstream: outputs.upstream,
+                                                  rowFactor: rowFactor)
             kernels.gradient(columns, y, result, blockReferences, upstream, gradientRow)
             if parameters.gradientMayOverflow(T.self, upstream: upstream),
                let column = firstNonFinite(gradientRow, count: columns) {
@@ -156,6 +149,33 @@ struct LossPass<T: LossScalar> {
         try LossReduction.write(UnsafeBufferPointer(rowLosses), count: rows,
                                 reduction: parameters.reduction, counted: countedRows,
                                 into: loss)
+    }
+}
+
+extension RowKernels {
+    /// The statistics pass of row `i` (`row`, its cosines in the element type) into `result`,
+    /// with the gradient's numerators into `gradientRow` if given. Returns the row's error: a
+    /// NaN or infinity at a column, or logits beyond T (a loss that is not a number although
+    /// the input is finite); nil when the row is fine.
+    package func rowStatistics(
+        of i: Int, _ row: UnsafePointer<T>, columns: Int, label y: Int,
+        parameters: LossParameters, gradientRow: UnsafeMutablePointer<T>?,
+        blockReferences: UnsafeMutablePointer<T>?, countsHardNegatives: Bool,
+        stream: UnsafeMutablePointer<GradientStream<T>>?,
+        into result: UnsafeMutablePointer<RowStatistics<T>>
+    ) -> LossError? {
+        let badColumn = withUnsafePointer(to: parameters) {
+            statistics(row, columns, y, $0, gradientRow, blockReferences, countsHardNegatives,
+                       stream, result)
+        }
+        guard badColumn < 0 else {
+            return .nonFiniteCosine(row: i, column: badColumn, value: Double(row[badColumn]))
+        }
+        guard result.pointee.loss.isFinite else {
+            return .overflow(row: i, elementType: "\(T.self)",
+                             largest: Double(T.greatestFiniteMagnitude))
+        }
+        return nil
     }
 }
 

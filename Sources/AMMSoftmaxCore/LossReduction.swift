@@ -50,6 +50,14 @@ extension LossReduction {
         let u = upstream.map { Double($0[0]) } ?? 1
         return reduction == .sum ? u : (counted > 0 ? u / Double(counted) : 0)
     }
+
+    /// The factor of row i's gradient: `rowFactor` for mean and sum, the row's own upstream
+    /// value (1 when nil) for none.
+    package static func upstream<T: BinaryFloatingPoint>(
+        ofRow i: Int, _ reduction: Reduction, upstream: UnsafePointer<T>?, rowFactor: Double
+    ) -> Double {
+        reduction == .none ? (upstream.map { Double($0[i]) } ?? 1) : rowFactor
+    }
 }
 
 /// The index of the first NaN or infinity among `count` values, if any.

@@ -152,8 +152,8 @@ public enum ShardKernels {
                     out.update(repeating: 0, count: columns)
                     return true
                 }
-                let factor = reduction == .none
-                    ? (upstream.map { Double($0[i]) } ?? 1) : rowFactor
+                let factor = LossReduction.upstream(ofRow: i, reduction, upstream: upstream,
+                                                    rowFactor: rowFactor)
                 let row = cos! + i * columns
                 // Phase 2 saw this row only if the caller ran it: NaN or infinity is an error
                 // here too, never a NaN in the gradient.

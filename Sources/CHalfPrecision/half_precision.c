@@ -5,8 +5,9 @@
 #include <string.h>
 
 /* An AVX2 copy of each loop beside the baseline one, chosen on each call by the CPU's features
- * (the conversions were a third of the 16-bit path's time in SSE2). Not target_clones: its
- * ifunc resolvers run before ThreadSanitizer's runtime is ready and crash that build. */
+ * (SSE2 alone made the conversions a large part of the 16-bit path: benchmarks/README.md).
+ * Not target_clones: its ifunc resolvers run before ThreadSanitizer's runtime is ready and
+ * crash that build. */
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
 #define AMM_DISPATCHED(RET, NAME, PARAMS, ARGS, BODY)                                            \
     __attribute__((target("avx2"))) static RET NAME##_avx2 PARAMS BODY                          \
