@@ -56,7 +56,6 @@ let package = Package(
     ],
     targets: [
         .target(name: "CVectorMath"),
-        .target(name: "CHalfPrecision"),
         .target(
             name: "AMMSoftmaxMath",
             dependencies: [.product(name: "RealModule", package: "swift-numerics"), "CVectorMath"]
@@ -84,7 +83,7 @@ let package = Package(
         .target(name: "CPlatform", linkerSettings: [.linkedLibrary("dl")]),
         .target(
             name: "AMMSoftmaxCore",
-            dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform", "CHalfPrecision"]
+            dependencies: ["AMMSoftmaxMath", "AMMSoftmaxKernels", "CPlatform"]
         ),
         .systemLibrary(
             name: "COpenBLAS", path: "Sources/COpenBLAS",

@@ -4,7 +4,10 @@ At N = 512, C = 100,000 with `out=` (no allocation in the loop): the time of for
 f32, bf16 and f16, the ratio of each 16-bit time to the f32 time, and each one's roofline ratio
 (time over the time its bytes take to copy: cos read once and grad_cos written once, 2 N C b for
 b-byte elements, at the memcpy bandwidth measured here on the library's thread count). Then the
-cost of a new gradient array on every call (its allocation and first touch), as autograd pays it.
+cost of a new gradient array on every call (its allocation and first touch), as autograd pays it,
+the loss alone (forward: the statistics pass, which reads the 16-bit row directly), and the time
+on one thread: where two threads take half of it, the call is bound by arithmetic, not by memory,
+and half the bytes cannot mean half the time (the closing line says which this machine is).
 
     python3 benchmarks/bench_half.py [--n 512] [--c 100000] [--threads 0]
 
@@ -44,8 +47,9 @@ def main() -> None:
           f"{bandwidth / 1e9:.1f} GB/s")
     print(f"forward_backward, N = {n}, C = {c}, out= given; median of repeats\n")
     print(f"{'dtype':<10}{'time':>10}{'vs f32':>9}{'roofline':>10}{'x roofline':>12}"
-          f"{'new grad':>11}{'x':>7}")
+          f"{'new grad':>11}{'x':>7}{'forward':>10}{'1 thread':>11}{'speedup':>9}")
     results = {}
+    speedups = {}
     for name, dtype in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16),
                         ("float16", np.float16)):
         cos = cos32.astype(dtype)
@@ -56,13 +60,29 @@ def main() -> None:
         t_new = timeit(lambda: amm_softmax.forward_backward(cos, labels,
                                                             num_threads=args.threads),
                        min_time=args.min_time)
+        t_forward = timeit(lambda: amm_softmax.forward(cos, labels, num_threads=args.threads),
+                           min_time=args.min_time)
+        t_one = timeit(lambda: amm_softmax.forward_backward(cos, labels, out=out,
+                                                            num_threads=1),
+                       min_time=args.min_time)
         roof = 2 * cos.nbytes / bandwidth
         results[name] = t
+        speedups[name] = t_one / t
         print(f"{name:<10}{t * 1e3:>8.2f}ms{t / results['float32']:>9.2f}{roof * 1e3:>8.2f}ms"
-              f"{t / roof:>12.2f}{t_new * 1e3:>9.2f}ms{t_new / t:>7.2f}")
+              f"{t / roof:>12.2f}{t_new * 1e3:>9.2f}ms{t_new / t:>7.2f}"
+              f"{t_forward * 1e3:>8.2f}ms{t_one * 1e3:>9.2f}ms{t_one / t:>9.2f}")
     print("\nvs f32: the time over the f32 time of this run; x roofline: over the time the "
           "same bytes take to copy;\nnew grad: without out= (a new gradient array each call), "
-          "and its ratio to the time with out=.")
+          "and its ratio to the time with out=;\nforward: the loss alone; 1 thread: "
+          "forward_backward on one thread, and its ratio to the time above (speedup).")
+    if threads > 1:
+        # Memory-bound work gains little from a second core once one saturates the bandwidth;
+        # arithmetic-bound work gains nearly the core count.
+        bound = ("arithmetic: the time scales with the cores, so half the bytes cannot halve "
+                 "it" if speedups["float32"] > 0.8 * min(threads, 2)
+                 else "memory: half the bytes should come close to half the time")
+        print(f"float32 on {threads} threads is {speedups['float32']:.2f}x faster than on one: "
+              f"bound by {bound}.")
 
 
 if __name__ == "__main__":

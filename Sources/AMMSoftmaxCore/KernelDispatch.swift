@@ -135,9 +135,13 @@ package struct RowKernels<T: LossScalar> {
     package let segment: RowKernelTable.Segment
     package let normalize: RowKernelTable.Normalize
     package let normalizeBackward: RowKernelTable.NormalizeBackward
+    /// Rows stored in 16 bits, computed in Float (whatever T).
+    package let halfStatistics: RowKernelTable.HalfStatistics
+    package let halfGradient: RowKernelTable.HalfGradient
 
     package init() {
         let table = KernelDispatch.selected.table
+        (halfStatistics, halfGradient) = (table.statisticsHalf, table.gradientHalf)
         if T.self == Float.self {
             (statistics, gradient) = (table.statisticsF32, table.gradientF32)
             (accumulate, segment) = (table.accumulateF32, table.segmentF32)

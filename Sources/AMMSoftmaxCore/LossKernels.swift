@@ -74,12 +74,6 @@ public enum LossKernels {
         }
         if let error = pass.firstFailure { throw error }
         try pass.reduceLosses()
-        if let targetCosines = outputs.targetCosines {
-            for i in 0..<rows {
-                let label = labels![i]
-                targetCosines[i] = label == parameters.ignoreIndex
-                    ? 0 : Double(cos![i * columns + Int(label)])
-            }
-        }
+        pass.writeTargetCosines()
     }
 }

@@ -1,4 +1,5 @@
 import AMMSoftmaxMath
+import CVectorMath
 
 /// A finished gradient row on its way from a scratch row to the caller's array, written with
 /// streaming (non-temporal) stores a piece at a time while the next row's statistics pass runs.
@@ -11,65 +12,67 @@ import AMMSoftmaxMath
 /// one-pass loop (RowAccumulator.addStretch), and a block's worth after each block it takes
 /// the two-pass way; whatever is left, at the end.
 ///
-/// The bytes are copied unchanged: the results are the same bits as without streaming. The
+/// The bytes are copied unchanged (whatever element type they hold: Float, Double, or the 16-bit
+/// storage of bf16 and f16 gradients): the results are the same bits as without streaming. The
 /// destination's partial 64-byte lines at either end get ordinary stores. The owner calls
-/// `T.streamFence()` once its rows are done.
-public struct GradientStream<T: LossScalar> {
-    @usableFromInline let source: UnsafePointer<T>
-    @usableFromInline let destination: UnsafeMutablePointer<T>
-    @usableFromInline let count: Int
-    /// The next element to copy; piece boundaries fall on 64-byte lines of the destination.
+/// `amm_store_fence()` (`T.streamFence()`) once its rows are done.
+public struct GradientStream {
+    @usableFromInline let source: UnsafeRawPointer
+    @usableFromInline let destination: UnsafeMutableRawPointer
+    @usableFromInline let bytes: Int
+    /// What `copyPiece` copies: a block's worth (RowKernel.blockSize elements).
+    @usableFromInline let pieceBytes: Int
+    /// The next byte to copy; piece boundaries fall on 64-byte lines of the destination.
     @usableFromInline var next: Int
 
     /// A stream of `count` elements from `source` to `destination`, which must not overlap.
     @inlinable
-    public init(from source: UnsafePointer<T>, to destination: UnsafeMutablePointer<T>,
-                count: Int) {
-        self.source = source
-        self.destination = destination
-        self.count = count
-        // The elements before the destination's first 64-byte boundary: ordinary stores.
+    public init<Element>(from source: UnsafePointer<Element>,
+                         to destination: UnsafeMutablePointer<Element>, count: Int) {
+        self.source = UnsafeRawPointer(source)
+        self.destination = UnsafeMutableRawPointer(destination)
+        bytes = count * MemoryLayout<Element>.stride
+        pieceBytes = Int(AMM_ROW_BLOCK_SIZE) * MemoryLayout<Element>.stride
+        // The bytes before the destination's first 64-byte boundary (whole elements, for an
+        // aligned element type): ordinary stores.
         let misalignment = Int(bitPattern: UnsafeRawPointer(destination)) & 63
-        let head = misalignment == 0 ? 0
-            : Swift.min((64 - misalignment) / MemoryLayout<T>.stride, count)
-        destination.update(from: source, count: head)
+        let head = misalignment == 0 ? 0 : Swift.min(64 - misalignment, bytes)
+        self.destination.copyMemory(from: self.source, byteCount: head)
         next = head
     }
 
     /// Whether every element has been copied.
-    @inlinable public var isFinished: Bool { next >= count }
+    @inlinable public var isFinished: Bool { next >= bytes }
 
-    /// Copies the next piece (`RowKernel.blockSize` elements, fewer at the end).
+    /// Copies the next piece (a block's worth, less at the end).
     @inlinable
     public mutating func copyPiece() {
-        copy(upTo: Swift.min(count, next + RowKernel<T>.blockSize))
+        copy(upTo: Swift.min(bytes, next + pieceBytes))
     }
 
     /// What is left, for the one-pass loop to copy while it runs (`RowAccumulator.addStretch`).
     @inlinable
-    public var pending: StretchCopy<T> {
-        StretchCopy(from: source + next, to: destination + next, count: count - next)
+    public var pending: StretchCopy {
+        StretchCopy(from: source + next, to: destination + next, bytes: bytes - next)
     }
 
-    /// Records `copied` more elements as copied (by the one-pass loop).
+    /// Records `copied` more bytes as copied (by the one-pass loop).
     @inlinable
     public mutating func advance(by copied: Int) { next += copied }
 
     /// Copies everything left.
     @inlinable
-    public mutating func finish() { copy(upTo: count) }
+    public mutating func finish() { copy(upTo: bytes) }
 
     @inlinable
     mutating func copy(upTo end: Int) {
-        let width = T.Vector.scalarCount
         var j = next
-        while j + width <= end {
-            T.vectorStream(UnsafeRawPointer(source + j).loadUnaligned(as: T.Vector.self),
-                           to: destination + j)
-            j += width
+        while j + 64 <= end {
+            amm_stream_line(source + j, destination + j)
+            j += 64
         }
-        if end == count, j < end {  // the partial line at the end
-            (destination + j).update(from: source + j, count: end - j)
+        if end == bytes, j < end {  // the partial line at the end
+            (destination + j).copyMemory(from: source + j, byteCount: end - j)
             j = end
         }
         next = j

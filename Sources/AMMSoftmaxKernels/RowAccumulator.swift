@@ -193,19 +193,31 @@ public struct RowAccumulator<T: LossScalar> {
     @inlinable
     public mutating func addStretch(
         _ cosines: UnsafePointer<T>, count: Int, weighted: UnsafeMutablePointer<T>?,
-        stream: UnsafeMutablePointer<GradientStream<T>>? = nil
+        stream: UnsafeMutablePointer<GradientStream>? = nil
     ) -> T? {
+        addStretch(ElementCosines(cosines), from: 0, count: count, weighted: weighted,
+                   stream: stream)
+    }
+
+    /// `addStretch` over the `count` cosines of `row` from column `start`, wherever the row
+    /// stores them (`CosineRow`).
+    @inlinable
+    public mutating func addStretch<Row: CosineRow>(
+        _ row: Row, from start: Int, count: Int, weighted: UnsafeMutablePointer<T>?,
+        stream: UnsafeMutablePointer<GradientStream>? = nil
+    ) -> T? where Row.Scalar == T {
         typealias K = RowKernel<T>
         guard _reference > -T.infinity else { return nil }
         let width = Self.width
         let whole = count / width * width
         let reference = _reference
-        var (nanCheck, maximum, sum, copied) = T.exponentiateStretch(
-            cosines, count: whole, scale: scale, reference: reference, negatives: negatives,
+        var (nanCheck, maximum, sum, copied) = row.exponentiateStretch(
+            from: start, count: whole, scale: scale, reference: reference, negatives: negatives,
             weighted: weighted, copy: stream?.pointee.pending)
         stream?.pointee.advance(by: copied)
         if whole < count {  // the partial last vector, padded with -inf
-            let c = K.loadPartial(cosines + whole, count: count - whole)
+            let c = K.loadPartial(row.block(from: start + whole, count: count - whole),
+                                  count: count - whole)
             nanCheck += c - c
             // dg/dc only for a gradient; the values are the same bits either way.
             let (g, dg) = weighted == nil
@@ -227,7 +239,7 @@ public struct RowAccumulator<T: LossScalar> {
         if countsHardNegatives {
             let threshold = negatives.threshold
             var hard = 0
-            for j in 0..<count where cosines[j] > threshold { hard += 1 }
+            for j in 0..<count where row.cosine(at: start + j) > threshold { hard += 1 }
             _hard += hard
         }
         _nanCheck += nanCheck

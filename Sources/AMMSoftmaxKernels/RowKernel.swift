@@ -81,10 +81,23 @@ public enum RowKernel<T: LossScalar> {
     public static func statistics(
         _ row: UnsafePointer<T>, columns: Int, label y: Int, parameters: LossParameters,
         weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?,
-        countHardNegatives: Bool = false, stream: UnsafeMutablePointer<GradientStream<T>>? = nil
+        countHardNegatives: Bool = false, stream: UnsafeMutablePointer<GradientStream>? = nil
     ) -> Result<RowStatistics<T>, NonFiniteValue> {
+        statistics(ElementCosines(row), columns: columns, label: y, parameters: parameters,
+                   weightedExponentials: weightedExponentials, blockReferences: blockReferences,
+                   countHardNegatives: countHardNegatives, stream: stream)
+    }
+
+    /// The statistics pass over a row wherever it is stored (`CosineRow`): a 16-bit row gives
+    /// the same results as its widened Float copy would.
+    @inlinable
+    public static func statistics<Row: CosineRow>(
+        _ row: Row, columns: Int, label y: Int, parameters: LossParameters,
+        weightedExponentials: UnsafeMutablePointer<T>?, blockReferences: UnsafeMutablePointer<T>?,
+        countHardNegatives: Bool = false, stream: UnsafeMutablePointer<GradientStream>? = nil
+    ) -> Result<RowStatistics<T>, NonFiniteValue> where Row.Scalar == T {
         defer { stream?.pointee.finish() }
-        let cy = row[y]
+        let cy = row.cosine(at: y)
         guard cy.isFinite else { return .failure(firstNonFinite(row, columns: columns)) }
         let target = TargetLogit(cosine: Double(cy), parameters: parameters)
         let negatives = NegativeLogit<T>(parameters, target: target)
@@ -104,7 +117,7 @@ public enum RowKernel<T: LossScalar> {
                 if stretches, !(y >= start && y < start + count) {
                     let end = y > start ? y / blockSize * blockSize : columns
                     if let reference = accumulator.addStretch(
-                        row + start, count: end - start,
+                        row, from: start, count: end - start,
                         weighted: weightedExponentials.map { $0 + start }, stream: stream) {
                         let blocks = blockCount(columns: end - start)
                         for b in block..<(block + blocks) { blockReferences?[b] = reference }
@@ -115,7 +128,7 @@ public enum RowKernel<T: LossScalar> {
                     stretches = block == 0
                 }
                 let reference = accumulator.add(
-                    row + start, count: count, target: y - start,
+                    row.block(from: start, count: count), count: count, target: y - start,
                     into: weightedExponentials.map { $0 + start } ?? scratch,
                     slopes: weightedExponentials == nil ? nil : scratch)
                 blockReferences?[block] = reference
@@ -168,10 +181,11 @@ public enum RowKernel<T: LossScalar> {
 
     /// The lowest column of a row known to hold a NaN or an infinity.
     @inlinable
-    static func firstNonFinite(_ row: UnsafePointer<T>, columns: Int) -> NonFiniteValue {
+    static func firstNonFinite<Row: CosineRow>(_ row: Row, columns: Int) -> NonFiniteValue
+    where Row.Scalar == T {
         var j = 0
-        while row[j].isFinite { j += 1 }
-        return NonFiniteValue(column: j, value: Double(row[j]))
+        while row.cosine(at: j).isFinite { j += 1 }
+        return NonFiniteValue(column: j, value: Double(row.cosine(at: j)))
     }
 
     /// The gradient pass: turns the weighted exponentials left in `gradient` by `statistics`
@@ -206,6 +220,42 @@ public enum RowKernel<T: LossScalar> {
         // p_y - 1 = -(negative sum) / total, exact where p_y is close to 1.
         gradient[y] = T(-upstream * st.scale * (st.negativeSum / st.total)
                         * st.target.derivative)
+    }
+}
+
+extension RowKernel where T == Float {
+    /// `writeGradient` into 16-bit storage: the gradient formed in Float exactly as there (the
+    /// weighted exponentials times each block's factor, the target's entry from the sums),
+    /// then rounded once to `storage`, to nearest with ties to even, and written to `out`;
+    /// `weighted` is read only. Returns the lowest column whose rounded value is an infinity or
+    /// a NaN, or -1.
+    @inlinable
+    public static func writeGradient(
+        columns: Int, label y: Int, statistics st: RowStatistics<Float>,
+        blockReferences: UnsafePointer<Float>, upstream: Double,
+        weightedExponentials weighted: UnsafePointer<Float>, storage: HalfStorage,
+        into out: UnsafeMutablePointer<UInt16>
+    ) -> Int {
+        var start = 0
+        var block = 0
+        var firstBad = -1
+        while start < columns {
+            let count = Swift.min(blockSize, columns - start)
+            let factor = Float(upstream * st.scale
+                               * st.probabilityFactor(reference: blockReferences[block]))
+            // The target's place holds 0 here and is written below.
+            let bad = amm_scale_narrow_block(weighted + start, count, factor, out + start,
+                                             storage.rawValue, y - start)
+            if firstBad < 0, bad >= 0 { firstBad = start + bad }
+            start += count
+            block += 1
+        }
+        let target = Float(-upstream * st.scale * (st.negativeSum / st.total)
+                           * st.target.derivative)
+        out[y] = amm_narrow_one(target, storage.rawValue)
+        let mask = UInt16(truncatingIfNeeded: amm_storage_exponent_mask(storage.rawValue))
+        if out[y] & mask == mask, firstBad < 0 || y < firstBad { return y }
+        return firstBad
     }
 }
 

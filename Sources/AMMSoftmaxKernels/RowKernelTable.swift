@@ -18,7 +18,7 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
     /// Raise on any change to this table, to the types its entries pass by raw pointer
     /// (LossParameters, RowStatistics, RowAccumulator, GradientStream), or to what an entry
     /// means.
-    public static let abiVersion: UInt64 = 2
+    public static let abiVersion: UInt64 = 3
 
     /// What a build library answers to the handshake: `abiVersion` in the high 32 bits, the
     /// table's size in bytes in the low 32.
@@ -44,7 +44,7 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
         return handshake
     }
     /// (row, columns, label, parameters, weighted exponentials or nil, block references or nil,
-    /// whether to count hard negatives, a GradientStream<T> to advance or nil, statistics out)
+    /// whether to count hard negatives, a GradientStream to advance or nil, statistics out)
     /// -> -1, or the lowest non-finite column.
     public typealias Statistics = @convention(c) (
         UnsafeRawPointer, Int, Int, UnsafeRawPointer, UnsafeMutableRawPointer?,
@@ -54,6 +54,24 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
     public typealias Gradient = @convention(c) (
         Int, Int, UnsafeRawPointer, UnsafeRawPointer, Double, UnsafeMutableRawPointer
     ) -> Void
+
+    /// The statistics pass over a row stored in 16 bits, computed in Float: (row, storage
+    /// (`HalfStorage.rawValue`), a block buffer of RowKernel.blockSize Floats, columns, label,
+    /// parameters, weighted exponentials (Float) or nil, block references or nil, whether to
+    /// count hard negatives, a GradientStream (of a 16-bit row) to advance or nil, statistics
+    /// out) -> -1, or the lowest non-finite column.
+    public typealias HalfStatistics = @convention(c) (
+        UnsafeRawPointer, Int32, UnsafeMutableRawPointer, Int, Int, UnsafeRawPointer,
+        UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, Bool, UnsafeMutableRawPointer?,
+        UnsafeMutableRawPointer
+    ) -> Int
+    /// Its gradient pass (`RowKernel<Float>.writeGradient(...storage:into:)`): (columns, label,
+    /// statistics, block references, upstream, weighted exponentials, storage, 16-bit gradient
+    /// row) -> -1, or the lowest column whose rounded gradient is not finite.
+    public typealias HalfGradient = @convention(c) (
+        Int, Int, UnsafeRawPointer, UnsafeRawPointer, Double, UnsafeRawPointer, Int32,
+        UnsafeMutableRawPointer
+    ) -> Int
 
     /// The fused head's first pass over one row of a block of cosines: (RowAccumulator<T>,
     /// cosines, count, the target's column relative to them, scratch of RowKernel.blockSize
@@ -90,12 +108,15 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
     public var normalizeBackwardF32: NormalizeBackward
     public var normalizeF64: Normalize
     public var normalizeBackwardF64: NormalizeBackward
+    public var statisticsHalf: HalfStatistics
+    public var gradientHalf: HalfGradient
 
     public init(statisticsF32: Statistics, gradientF32: Gradient, statisticsF64: Statistics,
                 gradientF64: Gradient, accumulateF32: Accumulate, segmentF32: Segment,
                 accumulateF64: Accumulate, segmentF64: Segment, normalizeF32: Normalize,
                 normalizeBackwardF32: NormalizeBackward, normalizeF64: Normalize,
-                normalizeBackwardF64: NormalizeBackward) {
+                normalizeBackwardF64: NormalizeBackward, statisticsHalf: HalfStatistics,
+                gradientHalf: HalfGradient) {
         self.statisticsF32 = statisticsF32
         self.gradientF32 = gradientF32
         self.statisticsF64 = statisticsF64
@@ -108,6 +129,8 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
         self.normalizeBackwardF32 = normalizeBackwardF32
         self.normalizeF64 = normalizeF64
         self.normalizeBackwardF64 = normalizeBackwardF64
+        self.statisticsHalf = statisticsHalf
+        self.gradientHalf = gradientHalf
     }
 
     /// The table of the build that compiles this call: every entry specialised in the caller's
@@ -127,7 +150,52 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
             normalizeF32: { K.normalize(Float.self, $0, $1, $2, $3, $4) },
             normalizeBackwardF32: { K.normalizeBackward(Float.self, $0, $1, $2, $3, $4) },
             normalizeF64: { K.normalize(Double.self, $0, $1, $2, $3, $4) },
-            normalizeBackwardF64: { K.normalizeBackward(Double.self, $0, $1, $2, $3, $4) })
+            normalizeBackwardF64: { K.normalizeBackward(Double.self, $0, $1, $2, $3, $4) },
+            statisticsHalf: { K.halfStatistics($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) },
+            gradientHalf: { K.halfGradient($0, $1, $2, $3, $4, $5, $6, $7) })
+    }
+
+    /// The body of a `HalfStatistics` entry.
+    @inlinable @inline(__always)
+    public static func halfStatistics(
+        _ row: UnsafeRawPointer, _ storage: Int32, _ blockBuffer: UnsafeMutableRawPointer,
+        _ columns: Int, _ label: Int, _ parameters: UnsafeRawPointer,
+        _ weighted: UnsafeMutableRawPointer?, _ references: UnsafeMutableRawPointer?,
+        _ countHard: Bool, _ stream: UnsafeMutableRawPointer?, _ result: UnsafeMutableRawPointer
+    ) -> Int {
+        let cosines = HalfStorageCosines(
+            row.assumingMemoryBound(to: UInt16.self), storage: HalfStorage(rawValue: storage)!,
+            blockBuffer: blockBuffer.assumingMemoryBound(to: Float.self))
+        let outcome = RowKernel<Float>.statistics(
+            cosines, columns: columns, label: label,
+            parameters: parameters.load(as: LossParameters.self),
+            weightedExponentials: weighted?.assumingMemoryBound(to: Float.self),
+            blockReferences: references?.assumingMemoryBound(to: Float.self),
+            countHardNegatives: countHard,
+            stream: stream?.assumingMemoryBound(to: GradientStream.self))
+        switch outcome {
+        case .success(let st):
+            result.initializeMemory(as: RowStatistics<Float>.self, to: st)
+            return -1
+        case .failure(let bad):
+            return bad.column
+        }
+    }
+
+    /// The body of a `HalfGradient` entry.
+    @inlinable @inline(__always)
+    public static func halfGradient(
+        _ columns: Int, _ label: Int, _ statistics: UnsafeRawPointer,
+        _ references: UnsafeRawPointer, _ upstream: Double, _ weighted: UnsafeRawPointer,
+        _ storage: Int32, _ out: UnsafeMutableRawPointer
+    ) -> Int {
+        RowKernel<Float>.writeGradient(
+            columns: columns, label: label,
+            statistics: statistics.load(as: RowStatistics<Float>.self),
+            blockReferences: references.assumingMemoryBound(to: Float.self), upstream: upstream,
+            weightedExponentials: weighted.assumingMemoryBound(to: Float.self),
+            storage: HalfStorage(rawValue: storage)!,
+            into: out.assumingMemoryBound(to: UInt16.self))
     }
 
     /// The body of a `Statistics` entry for T; each build's closures call it, which makes the
@@ -145,7 +213,7 @@ public struct RowKernelTable: @unchecked Sendable {  // immutable C function poi
             weightedExponentials: weighted?.assumingMemoryBound(to: T.self),
             blockReferences: references?.assumingMemoryBound(to: T.self),
             countHardNegatives: countHard,
-            stream: stream?.assumingMemoryBound(to: GradientStream<T>.self))
+            stream: stream?.assumingMemoryBound(to: GradientStream.self))
         switch outcome {
         case .success(let st):
             result.initializeMemory(as: RowStatistics<T>.self, to: st)

@@ -38,7 +38,7 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     static func exponentiateStretch(
         _ cosines: UnsafePointer<Self>, count: Int, scale: Self, reference: Self,
         negatives: NegativeLogit<Self>, weighted: UnsafeMutablePointer<Self>?,
-        copy: StretchCopy<Self>?
+        copy: StretchCopy?
     ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int)
 }
 
@@ -65,7 +65,7 @@ extension Float: LossScalar {
     public static func exponentiateStretch(
         _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
         negatives: NegativeLogit<Float>, weighted: UnsafeMutablePointer<Float>?,
-        copy: StretchCopy<Float>?
+        copy: StretchCopy?
     ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)
@@ -95,7 +95,7 @@ extension Double: LossScalar {
     public static func exponentiateStretch(
         _ cosines: UnsafePointer<Double>, count: Int, scale: Double, reference: Double,
         negatives: NegativeLogit<Double>, weighted: UnsafeMutablePointer<Double>?,
-        copy: StretchCopy<Double>?
+        copy: StretchCopy?
     ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)

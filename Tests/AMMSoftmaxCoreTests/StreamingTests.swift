@@ -67,4 +67,82 @@ struct StreamingTests {
             }
         }
     }
+
+    /// The test's own conversions (the library's are in CVectorMath): the standard library's
+    /// Float16 for f16, the bit pattern for bf16.
+    static func widen(_ h: UInt16, _ format: HalfPrecisionLoss.Format) -> Float {
+        format == .float16 ? Float(Float16(bitPattern: h)) : Float(bitPattern: UInt32(h) << 16)
+    }
+
+    static func narrow(_ x: Float, _ format: HalfPrecisionLoss.Format) -> UInt16 {
+        if format == .float16 { return Float16(x).bitPattern }
+        let u = x.bitPattern
+        return UInt16((u &+ 0x7fff &+ ((u >> 16) & 1)) >> 16)  // finite values only here
+    }
+
+    /// 16-bit storage through the same pass: streamed from 16-bit scratch rows or written in
+    /// place, the same bits, and those of the Float path on the widened values with each
+    /// gradient entry rounded once (rows off 64-byte lines by an odd number of bytes too).
+    @Test(arguments: [HalfPrecisionLoss.Format.bfloat16, .float16])
+    func halfStorageStreamedAndInPlaceAreTheFloatPathRounded(
+        format: HalfPrecisionLoss.Format
+    ) throws {
+        var seed: UInt64 = 90
+        for (rows, columns) in [(7, 5001), (6, 1037), (5, 70), (3, 1)] {
+            for offset in [0, 3] {
+                for threads in [1, 2, 3] {
+                    seed += 1
+                    var rng = SeededGenerator(seed: seed)
+                    let stored = (0..<(rows * columns)).map { _ in
+                        Self.narrow(Float.random(in: -0.7...0.7, using: &rng), format)
+                    }
+                    var labels = (0..<rows).map { _ in
+                        Int64(Int.random(in: 0..<columns, using: &rng))
+                    }
+                    labels[rows / 2] = -100
+                    var parameters = LossParameters(hard: .curricular, reduction: .none)
+                    parameters.hardMargin = 0.2
+                    parameters.numThreads = threads
+                    func run(streamingFrom threshold: Int) throws -> ([Float], [UInt16]) {
+                        var loss = [Float](repeating: .nan, count: rows)
+                        var gradient = [UInt16](repeating: 0x7fc0, count: rows * columns + offset)
+                        try stored.withUnsafeBufferPointer { c in
+                            try labels.withUnsafeBufferPointer { l in
+                                try loss.withUnsafeMutableBufferPointer { lo in
+                                    try gradient.withUnsafeMutableBufferPointer { g in
+                                        try HalfPrecisionLoss.run(
+                                            parameters: parameters, format: format,
+                                            cos: c.baseAddress, rows: rows, columns: columns,
+                                            labels: l.baseAddress,
+                                            outputs: .init(loss: lo.baseAddress),
+                                            gradient: g.baseAddress! + offset,
+                                            streamingThreshold: threshold)
+                                    }
+                                }
+                            }
+                        }
+                        #expect(gradient[..<offset].allSatisfy { $0 == 0x7fc0 },
+                                "written before the array")
+                        return (loss, Array(gradient[offset...]))
+                    }
+                    let streamed = try run(streamingFrom: 0)
+                    let inPlace = try run(streamingFrom: .max)
+                    let widened = stored.map { Self.widen($0, format) }
+                    var loss32 = [Float](repeating: .nan, count: rows)
+                    var gradient32 = [Float](repeating: .nan, count: rows * columns)
+                    try LossKernels.run(parameters: parameters, cos: widened, rows: rows,
+                                        columns: columns, labels: labels,
+                                        outputs: .init(loss: &loss32, gradient: &gradient32))
+                    let label = "\(format) \(rows)x\(columns) offset \(offset) threads \(threads)"
+                    #expect(streamed.0.map(\.bitPattern) == loss32.map(\.bitPattern),
+                            "loss, \(label)")
+                    #expect(inPlace.0.map(\.bitPattern) == loss32.map(\.bitPattern),
+                            "loss, \(label)")
+                    let rounded = gradient32.map { Self.narrow($0, format) }
+                    #expect(streamed.1 == rounded, "streamed gradient, \(label)")
+                    #expect(inPlace.1 == rounded, "gradient in place, \(label)")
+                }
+            }
+        }
+    }
 }

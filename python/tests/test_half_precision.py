@@ -51,6 +51,61 @@ def test_is_the_float32_path_on_the_widened_values(dtype, variant, reduction):
 
 
 @pytest.mark.parametrize("dtype", FORMATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("columns", [1, 15, 16, 17, 63, 1024, 1025, 2047, 3000, 9000])
+def test_shapes_blocks_and_alignment(dtype, columns):
+    """The 16-bit row is read by the one-pass loop (stretches between the first block and the
+    target's), by the blocks taken in two steps and by partial vectors, and the gradient is
+    written in pieces around 32-byte boundaries (odd rows start anywhere): every path gives the
+    float32 path's bits. Targets at the start, the end and inside a later block; hard
+    negatives counted; a scale that keeps the exponentials far below their reference."""
+    rows = 6
+    rng = rng_for("half-shapes", np.dtype(dtype).name, columns)
+    cos = rng.uniform(-0.9, 0.9, (rows, columns)).astype(dtype)
+    labels = np.array([0, columns - 1, columns // 2, min(columns - 1, 1500),
+                       rng.integers(0, columns), -100])
+    for params in (dict(scale=30.0), dict(hard="curricular", hard_margin=0.3, scale=64.0)):
+        counts, counts32 = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+        target, target32 = np.zeros(rows), np.zeros(rows)
+        loss, grad = amm_softmax.forward_backward(cos, labels, reduction="none",
+                                                  hard_negatives=counts,
+                                                  target_cosines=target, **params)
+        loss32, grad32 = amm_softmax.forward_backward(cos.astype(np.float32), labels,
+                                                      reduction="none", hard_negatives=counts32,
+                                                      target_cosines=target32, **params)
+        np.testing.assert_array_equal(loss, loss32)
+        np.testing.assert_array_equal(grad.view(np.uint16), grad32.astype(dtype).view(np.uint16))
+        np.testing.assert_array_equal(counts, counts32)
+        np.testing.assert_array_equal(target, target32)
+        np.testing.assert_array_equal(amm_softmax.forward(cos, labels, reduction="none",
+                                                          **params), loss32)
+
+
+@pytest.mark.parametrize("dtype", FORMATS, ids=lambda d: d.name)
+def test_every_bit_pattern_is_widened_and_rounded_exactly(dtype):
+    """Every finite 16-bit value of magnitude at most 1.5 (subnormals, signed zeros, both
+    formats' whole exponent ranges there) as the cosines of one long row: the loss and every
+    gradient entry are the float32 path's bits on the widened values; and gradients reaching
+    into every binade, subnormals included, round as NumPy / ml_dtypes round."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(dtype).astype(np.float32)
+    keep = np.isfinite(values) & (np.abs(values) <= 1.5)
+    cos = bits[keep].view(dtype)[None, :]
+    labels = np.array([cos.shape[1] // 3])
+    for scale in (1.0, 30.0):
+        loss, grad = amm_softmax.forward_backward(cos, labels, scale=scale, reduction="sum")
+        loss32, grad32 = amm_softmax.forward_backward(cos.astype(np.float32), labels,
+                                                      scale=scale, reduction="sum")
+        assert loss == loss32
+        np.testing.assert_array_equal(grad.view(np.uint16), grad32.astype(dtype).view(np.uint16))
+    # Tiny upstream values push the gradients through the subnormal range of float16.
+    for upstream in (1e-3, 1e-6, 3e-8):
+        back = amm_softmax.backward(cos, labels, upstream, scale=30.0, reduction="sum")
+        back32 = amm_softmax.backward(cos.astype(np.float32), labels, upstream, scale=30.0,
+                                      reduction="sum")
+        np.testing.assert_array_equal(back.view(np.uint16), back32.astype(dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", FORMATS, ids=lambda d: d.name)
 def test_against_the_float64_oracle(dtype):
     """The contract's accuracy: the loss within the float32 path's tolerance of the f64 oracle
     on the same rounded inputs, each gradient entry within one rounding of the exact value."""

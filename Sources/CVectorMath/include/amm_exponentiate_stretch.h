@@ -1,8 +1,10 @@
 /* The row kernels' one-pass loop (RowAccumulator.addStretch): for a stretch of a row's
  * negatives, the logits z = s g(c) exponentiated against a reference r known in advance, their
  * sum, their maximum, the NaN check and, for a gradient, e dg/dc stored. Meanwhile it can copy
- * the previous row's finished gradient to the caller's array with streaming stores, four lines
- * an iteration (GradientStream), so that those stores drain while the arithmetic runs.
+ * the previous row's finished gradient to the caller's array with streaming stores, as many
+ * bytes an iteration as the gradient of the elements it consumes (four lines for float and
+ * double, two for 16-bit storage; GradientStream), so that those stores drain while the
+ * arithmetic runs.
  *
  * Why in C: the loop is software-pipelined (each iteration computes the logits of the next four
  * vectors and exponentiates the four before them, two independent chains that the out-of-order
@@ -18,6 +20,7 @@
 #ifndef AMM_EXPONENTIATE_STRETCH_H
 #define AMM_EXPONENTIATE_STRETCH_H
 
+#include "amm_half_storage.h"
 #include "amm_vector_math.h"
 
 /* Elements in a block of a row (RowKernel.blockSize reads this constant): 4 KiB of f32 or 8 KiB
@@ -46,8 +49,8 @@ typedef struct {
 } amm_mining_f64;
 
 /* What a stretch returns: the lane-wise NaN check (0, or NaN where a cosine was not finite) and
- * maximum of the logits, as raw vectors, the sum of the exponentials, and how many elements of
- * the copy it made (a multiple of four vectors). */
+ * maximum of the logits, as raw vectors, the sum of the exponentials, and how many bytes of the
+ * copy it made (a multiple of 64). */
 typedef struct {
     float nan_check[16], maximum[16];
     double sum;
@@ -128,21 +131,28 @@ AMM_INLINE void amm_stretch_flush_##SUFFIX(V *sum, D2 *total) {                 
     *total += __builtin_convertvector(*sum, D2);                                                   \
     *sum = (V)(0);                                                                                 \
 }                                                                                                  \
+
+/* The loop over a stretch whose cosines are stored as IN and read with LOAD (widened to V when
+ * IN is a 16-bit storage type), and its dispatch on the variant: amm_exponentiate_stretch_NAME. */
+#define AMM_DEFINE_STRETCH_LOOP(NAME, SUFFIX, V, I, S, W, D2, IN, LOAD, GRAD)                      \
 /* The loop for one variant, with or without the gradient's numerators. */                         \
-AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S reference,            \
+AMM_INLINE void amm_stretch_loop_##NAME(const IN *c, long count, S scale, S reference,             \
                                           const amm_mining_##SUFFIX *m, int kind, S *weighted,     \
-                                          const S *copy_from, S *copy_to, long copy_count,         \
+                                          const unsigned char *copy_from,                          \
+                                          unsigned char *copy_to, long copy_bytes,                 \
                                           amm_stretch_##SUFFIX *out) {                             \
     const long width = sizeof(V) / sizeof(S), step = 4 * width, flushEvery = 16 * step;            \
+    /* The copy's pace: a step's worth of gradient (in the storage type GRAD) an iteration. */     \
+    const long copy_step = step * (long)sizeof(GRAD);                                              \
     const V s = (V)(scale), shift = (V)(reference);                                                \
     V nan_check = (V)(0), maximum = (V)(-__builtin_inf()), sum = (V)(0);                           \
     D2 total = (D2)(0);                                                                            \
     V z0, z1, z2, z3, d0 = (V)(1), d1 = (V)(1), d2 = (V)(1), d3 = (V)(1);                          \
     long j = 0, copied = 0;                                                                        \
     if (count >= step) {                                                                           \
-        V c0 = amm_stretch_load_##SUFFIX(c), c1 = amm_stretch_load_##SUFFIX(c + width);            \
-        V c2 = amm_stretch_load_##SUFFIX(c + 2 * width);                                           \
-        V c3 = amm_stretch_load_##SUFFIX(c + 3 * width);                                           \
+        V c0 = LOAD(c), c1 = LOAD(c + width);                                                      \
+        V c2 = LOAD(c + 2 * width);                                                                \
+        V c3 = LOAD(c + 3 * width);                                                                \
         nan_check += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                                \
         {                                                                                          \
             const V cs[4] = {c0, c1, c2, c3};                                                      \
@@ -155,27 +165,25 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
             const int more = j + step <= count;                                                    \
             V y0 = z0, y1 = z1, y2 = z2, y3 = z3, h0 = d0, h1 = d1, h2 = d2, h3 = d3;              \
             if (more) {                                                                            \
-                for (int line = 0; line < 4; line++) {                                             \
-                    __builtin_prefetch(c + j + line * width + AMM_ROW_BLOCK_SIZE, 0, 0);           \
-                    if (weighted)                                                                  \
-                        __builtin_prefetch(weighted + j + line * width + AMM_ROW_BLOCK_SIZE, 1, 3);\
-                }                                                                                  \
-                c0 = amm_stretch_load_##SUFFIX(c + j);                                             \
-                c1 = amm_stretch_load_##SUFFIX(c + j + width);                                     \
-                c2 = amm_stretch_load_##SUFFIX(c + j + 2 * width);                                 \
-                c3 = amm_stretch_load_##SUFFIX(c + j + 3 * width);                                 \
+                /* A block ahead: the step's lines of the input, and of `weighted`. */             \
+                for (int line = 0; line < (int)(step * sizeof(IN) / 64); line++)                   \
+                    __builtin_prefetch((const char *)(c + j + AMM_ROW_BLOCK_SIZE) + 64 * line, 0, 0); \
+                for (int line = 0; weighted && line < 4; line++)                                   \
+                    __builtin_prefetch(weighted + j + line * width + AMM_ROW_BLOCK_SIZE, 1, 3);    \
+                c0 = LOAD(c + j);                                                                  \
+                c1 = LOAD(c + j + width);                                                          \
+                c2 = LOAD(c + j + 2 * width);                                                      \
+                c3 = LOAD(c + j + 3 * width);                                                      \
                 nan_check += (c0 - c0) + (c1 - c1) + (c2 - c2) + (c3 - c3);                        \
                 const V cs[4] = {c0, c1, c2, c3};                                                  \
                 V ys[4], hs[4];                                                                    \
                 amm_stretch_logits4_##SUFFIX(cs, m, kind, s, ys, weighted ? hs : 0);               \
                 y0 = ys[0]; y1 = ys[1]; y2 = ys[2]; y3 = ys[3];                                    \
                 if (weighted) { h0 = hs[0]; h1 = hs[1]; h2 = hs[2]; h3 = hs[3]; }                  \
-                if (copied + step <= copy_count) { /* four lines of the previous row out */        \
-                    for (int k = 0; k < 4; k++)                                                    \
-                        __builtin_nontemporal_store(                                               \
-                            amm_stretch_load_##SUFFIX(copy_from + copied + k * width),             \
-                            (V *)(copy_to + copied + k * width));                                  \
-                    copied += step;                                                                \
+                if (copied + copy_step <= copy_bytes) { /* the previous row's lines out */         \
+                    for (long line = 0; line < copy_step; line += 64)                              \
+                        amm_stream_line(copy_from + copied + line, copy_to + copied + line);       \
+                    copied += copy_step;                                                           \
                 }                                                                                  \
             }                                                                                      \
             maximum = AMM_STRETCH_MAX(V, I,                                                        \
@@ -202,7 +210,7 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
         }                                                                                          \
     }                                                                                              \
     for (; j + width <= count; j += width) { /* fewer than four vectors left */                    \
-        const V cj = amm_stretch_load_##SUFFIX(c + j);                                             \
+        const V cj = LOAD(c + j);                                                                  \
         V dj = (V)(1);                                                                             \
         nan_check += cj - cj;                                                                      \
         const V z = (weighted ? amm_stretch_value_slope_##SUFFIX(cj, m, kind, &dj)                 \
@@ -223,49 +231,71 @@ AMM_INLINE void amm_stretch_loop_##SUFFIX(const S *c, long count, S scale, S ref
 /* The stretch of `count` cosines at c (a multiple of the vector width), exponentiated against     \
  * `reference`; `weighted` (count values) receives e dg/dc, or is NULL for the loss alone.         \
  * One loop per variant and output, each compiled with them constant. */                           \
-AMM_INLINE void amm_exponentiate_stretch_##SUFFIX(const S *c, long count, S scale, S reference,    \
+AMM_INLINE void amm_exponentiate_stretch_##NAME(const IN *c, long count, S scale, S reference,     \
                                                   const amm_mining_##SUFFIX *m, S *weighted,       \
-                                                  const S *copy_from, S *copy_to,                  \
-                                                  long copy_count, amm_stretch_##SUFFIX *out) {    \
+                                                  const unsigned char *copy_from,                  \
+                                                  unsigned char *copy_to, long copy_bytes,         \
+                                                  amm_stretch_##SUFFIX *out) {                     \
     switch (m->kind) {                                                                             \
     case AMM_MINING_AMM:                                                                           \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_AMM, weighted,     \
-                                      copy_from, copy_to, copy_count, out);                        \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_AMM, weighted,       \
+                                      copy_from, copy_to, copy_bytes, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_AMM, 0, 0, 0,      \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_AMM, 0, 0, 0,        \
                                       0, out);                                                     \
         return;                                                                                    \
     case AMM_MINING_LINEAR:                                                                        \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_LINEAR, weighted,  \
-                                      copy_from, copy_to, copy_count, out);                        \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_LINEAR, weighted,    \
+                                      copy_from, copy_to, copy_bytes, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_LINEAR, 0, 0, 0,   \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_LINEAR, 0, 0, 0,     \
                                       0, out);                                                     \
         return;                                                                                    \
     case AMM_MINING_CURRICULAR:                                                                    \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_CURRICULAR,        \
-                                      weighted, copy_from, copy_to, copy_count, out);              \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_CURRICULAR,          \
+                                      weighted, copy_from, copy_to, copy_bytes, out);              \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_CURRICULAR, 0, 0,  \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_CURRICULAR, 0, 0,    \
                                       0, 0, out);                                                  \
         return;                                                                                    \
     default:                                                                                       \
         if (weighted)                                                                              \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_NONE, weighted,    \
-                                      copy_from, copy_to, copy_count, out);                        \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_NONE, weighted,      \
+                                      copy_from, copy_to, copy_bytes, out);                        \
         else                                                                                       \
-            amm_stretch_loop_##SUFFIX(c, count, scale, reference, m, AMM_MINING_NONE, 0, 0, 0,     \
+            amm_stretch_loop_##NAME(c, count, scale, reference, m, AMM_MINING_NONE, 0, 0, 0,       \
                                       0, out);                                                     \
         return;                                                                                    \
     }                                                                                              \
 }
 
+
 typedef double amm_f64x16 __attribute__((ext_vector_type(16)));
 
 AMM_DEFINE_STRETCH(f32, amm_f32x16, amm_i32x16, float, x16, amm_f64x16)
 AMM_DEFINE_STRETCH(f64, amm_f64x8, amm_i64x8, double, x8, amm_f64x8)
+AMM_DEFINE_STRETCH_LOOP(f32, f32, amm_f32x16, amm_i32x16, float, x16, amm_f64x16, float,
+                        amm_stretch_load_f32, float)
+AMM_DEFINE_STRETCH_LOOP(f64, f64, amm_f64x8, amm_i64x8, double, x8, amm_f64x8, double,
+                        amm_stretch_load_f64, double)
+
+/* 16-bit storage: sixteen values (32 bytes) read and widened to float in registers. */
+AMM_INLINE amm_f32x16 amm_stretch_load_bf16(const uint16_t *p) {
+    amm_u16x16 h;
+    __builtin_memcpy(&h, p, sizeof h);
+    return amm_widen_bf16_f32x16(h);
+}
+AMM_INLINE amm_f32x16 amm_stretch_load_f16(const uint16_t *p) {
+    amm_u16x16 h;
+    __builtin_memcpy(&h, p, sizeof h);
+    return amm_widen_f16_f32x16(h);
+}
+AMM_DEFINE_STRETCH_LOOP(bf16, f32, amm_f32x16, amm_i32x16, float, x16, amm_f64x16, uint16_t,
+                        amm_stretch_load_bf16, uint16_t)
+AMM_DEFINE_STRETCH_LOOP(f16, f32, amm_f32x16, amm_i32x16, float, x16, amm_f64x16, uint16_t,
+                        amm_stretch_load_f16, uint16_t)
 
 #endif

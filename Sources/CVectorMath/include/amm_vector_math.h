@@ -46,6 +46,13 @@ AMM_INLINE void amm_stream_f32x16(void *p, amm_f32x16 v) {
 AMM_INLINE void amm_stream_f64x8(void *p, amm_f64x8 v) {
     __builtin_nontemporal_store(v, (amm_f64x8 *)p);
 }
+/* Copies one 64-byte line from src (any alignment) to dst (64-byte aligned) with non-temporal
+ * stores: bytes unchanged, whatever they encode. */
+AMM_INLINE void amm_stream_line(const void *src, void *dst) {
+    amm_f32x16 line;
+    __builtin_memcpy(&line, src, sizeof line);
+    __builtin_nontemporal_store(line, (amm_f32x16 *)dst);
+}
 AMM_INLINE void amm_store_fence(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_sfence();
