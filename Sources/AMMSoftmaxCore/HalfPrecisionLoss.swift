@@ -2,12 +2,13 @@ import AMMSoftmaxKernels
 
 /// The loss on cosines stored in 16 bits (docs/FORMULATION.md, "Half precision"), computed in
 /// Float by the row kernels' 16-bit entries (a `LossPass` with a storage format): the one-pass
-/// loop reads the 16-bit row directly, widening each value exactly in registers (only the first
-/// block and the target's, taken in two steps, are widened into a block buffer), with per-row
+/// loop reads the 16-bit row directly, widening each value exactly in registers (the blocks
+/// taken in two steps, the first and the target's, are widened into a block buffer), with per-row
 /// quantities and the reduction in Double; the gradient pass forms each entry in Float as for a
-/// Float row and rounds it once to the storage type (to nearest, ties to even) as it writes it,
-/// into a 16-bit scratch row that is streamed out during the next row, as the Float path
-/// streams its own. The caller's memory is read once and written once, in 16 bits; the results
+/// Float row and rounds it once to the storage type (to nearest, ties to even) as it writes it:
+/// from `LossKernels.streamingThreshold` bytes of gradient up into a 16-bit scratch row that is
+/// streamed out during the next row, as the Float path streams its own, below that straight into
+/// the caller's row. The caller's memory is read once and written once, in 16 bits; the results
 /// are those of the Float path on the widened row, bit for bit.
 public enum HalfPrecisionLoss {
     /// The storage formats.

@@ -42,7 +42,8 @@ struct LossPass<T: LossScalar> {
     /// Per worker, when streaming: two scratch rows of the stored gradient (one filling while
     /// the other is copied out), the stream copying the previous row, whether one is pending,
     /// and which scratch row is next.
-    private let scratch: UnsafeMutableRawBufferPointer
+    private let scratch: UnsafeMutableBufferPointer<T>
+    private let scratch16: UnsafeMutableBufferPointer<UInt16>
     private let streams: UnsafeMutableBufferPointer<GradientStream>
     private let streamState: UnsafeMutableBufferPointer<(pending: Bool, next: Int)>
     /// Per worker, for 16-bit storage: a block buffer (the blocks the statistics pass widens)
@@ -93,10 +94,9 @@ struct LossPass<T: LossScalar> {
         references = try arena.buffer(
             T.self, count: try ScratchArena.count(rowWorkers, times: blocksPerRow))
         statistics = try arena.buffer(RowStatistics<T>.self, count: workers)
-        let scratchBytes = streaming
-            ? try ScratchArena.count(try ScratchArena.count(2 * rowWorkers, times: columns),
-                                     times: elementBytes) : 0
-        scratch = UnsafeMutableRawBufferPointer(try arena.buffer(UInt8.self, count: scratchBytes))
+        let scratchCount = streaming ? try ScratchArena.count(2 * rowWorkers, times: columns) : 0
+        scratch = try arena.buffer(T.self, count: storage == nil ? scratchCount : 0)
+        scratch16 = try arena.buffer(UInt16.self, count: storage == nil ? 0 : scratchCount)
         streams = try arena.buffer(GradientStream.self, count: workers)
         streamState = try arena.buffer((pending: Bool, next: Int).self, count: workers)
         streamState.initialize(repeating: (false, 0))
@@ -122,13 +122,19 @@ struct LossPass<T: LossScalar> {
         guard label != parameters.ignoreIndex else {
             rowLosses[i] = 0
             outputs.hardNegatives?[i] = 0
-            finalRow?.initializeMemory(as: UInt8.self, repeating: 0, count: rowBytes)
+            if storage == nil {
+                finalRow?.assumingMemoryBound(to: T.self).update(repeating: 0, count: columns)
+            } else {
+                finalRow?.assumingMemoryBound(to: UInt16.self).update(repeating: 0,
+                                                                      count: columns)
+            }
             return true
         }
         // Where the stored gradient is made: a scratch row when streaming, else its place.
-        let storedRow = streaming
-            ? scratch.baseAddress! + (2 * worker + streamState[worker].next) * rowBytes
-            : finalRow
+        let scratchRow = (2 * worker + streamState[worker].next) * columns
+        let storedRow = !streaming ? finalRow
+            : storage == nil ? UnsafeMutableRawPointer(scratch.baseAddress! + scratchRow)
+            : UnsafeMutableRawPointer(scratch16.baseAddress! + scratchRow)
         // Where the weighted exponentials go: the stored gradient itself for T storage.
         let weightedRow: UnsafeMutablePointer<T>? = storage == nil
             ? storedRow?.assumingMemoryBound(to: T.self)
@@ -178,8 +184,8 @@ struct LossPass<T: LossScalar> {
             }
             if streaming {
                 (streams.baseAddress! + worker).initialize(to: GradientStream(
-                    from: UnsafePointer(storedRow.assumingMemoryBound(to: UInt8.self)),
-                    to: finalRow.assumingMemoryBound(to: UInt8.self), count: rowBytes))
+                    from: UnsafeRawPointer(storedRow), to: finalRow, count: columns,
+                    elementBytes: elementBytes))
                 streamState[worker] = (true, 1 - streamState[worker].next)
             }
         }

@@ -8,8 +8,10 @@ import CVectorMath
 /// Why: the one-pass loop, which takes nearly every element of a row, reads 16-bit storage
 /// directly, so a 16-bit row is read once from the caller's memory and never written out
 /// widened; only the blocks taken in two steps (the first and the target's) are widened into a
-/// block buffer first. Either way each element is the same Float, so the results are the same
-/// bits as the Float pass on the widened row.
+/// block buffer first (and every block of a row whose logits rise too far above the running
+/// reference for the one-pass loop, and each stretch's last partial vector). Either way each
+/// element is the same Float, so the results are the same bits as the Float pass on the
+/// widened row.
 public protocol CosineRow<Scalar> {
     associatedtype Scalar: LossScalar
     /// The cosine at `column`.
@@ -17,6 +19,8 @@ public protocol CosineRow<Scalar> {
     /// The `count` (<= RowKernel.blockSize) cosines from `start`: the row's own memory, or a
     /// widened copy valid until the next call.
     func block(from start: Int, count: Int) -> UnsafePointer<Scalar>
+    /// How many of the `count` cosines from `start` are greater than `threshold`.
+    func countGreater(than threshold: Scalar, from start: Int, count: Int) -> Int
     /// `T.exponentiateStretch` over the `count` (a multiple of the vector width) cosines from
     /// `start`, copying what it can of `copy` meanwhile (`copied`, in bytes).
     func exponentiateStretch(
@@ -38,6 +42,14 @@ public struct ElementCosines<Scalar: LossScalar>: CosineRow {
 
     @inlinable @inline(__always)
     public func block(from start: Int, count: Int) -> UnsafePointer<Scalar> { base + start }
+
+    @inlinable
+    public func countGreater(than threshold: Scalar, from start: Int, count: Int) -> Int {
+        // An integer count, which the compiler vectorises.
+        var hard = 0
+        for j in start..<(start + count) where base[j] > threshold { hard += 1 }
+        return hard
+    }
 
     @inlinable @inline(__always)
     public func exponentiateStretch(
@@ -73,6 +85,20 @@ public struct HalfStorageCosines: CosineRow {
     public func block(from start: Int, count: Int) -> UnsafePointer<Float> {
         amm_widen_row(base + start, blockBuffer, count, storage.rawValue)
         return UnsafePointer(blockBuffer)
+    }
+
+    /// A block at a time through the block buffer.
+    @inlinable
+    public func countGreater(than threshold: Float, from start: Int, count: Int) -> Int {
+        var hard = 0
+        var j = start
+        while j < start + count {
+            let size = Swift.min(RowKernel<Float>.blockSize, start + count - j)
+            hard += ElementCosines(block(from: j, count: size))
+                .countGreater(than: threshold, from: 0, count: size)
+            j += size
+        }
+        return hard
     }
 
     @inlinable @inline(__always)

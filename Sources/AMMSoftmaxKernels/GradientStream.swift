@@ -8,8 +8,10 @@ import CVectorMath
 /// cache every line of the gradient is first read from memory (the store's "read for
 /// ownership"), so the call would move three bytes for every two it must; streaming stores skip
 /// that read. Written all at once they stall the core until memory has taken them, so each row
-/// goes out while the next row's statistics pass runs: four lines an iteration inside its
-/// one-pass loop (RowAccumulator.addStretch), and a block's worth after each block it takes
+/// goes out while the next row's statistics pass runs: inside its one-pass loop
+/// (RowAccumulator.addStretch) as many bytes an iteration as the gradient of the elements the
+/// loop consumes (four lines for Float and Double, two for 16-bit storage), a block's worth
+/// after each block it takes
 /// the two-pass way; whatever is left, at the end.
 ///
 /// The bytes are copied unchanged (whatever element type they hold: Float, Double, or the 16-bit
@@ -21,7 +23,7 @@ public struct GradientStream {
     @usableFromInline let destination: UnsafeMutableRawPointer
     @usableFromInline let bytes: Int
     /// What `copyPiece` copies: a block's worth (RowKernel.blockSize elements).
-    @usableFromInline let pieceBytes: Int
+    public let pieceBytes: Int
     /// The next byte to copy; piece boundaries fall on 64-byte lines of the destination.
     @usableFromInline var next: Int
 
@@ -29,15 +31,25 @@ public struct GradientStream {
     @inlinable
     public init<Element>(from source: UnsafePointer<Element>,
                          to destination: UnsafeMutablePointer<Element>, count: Int) {
-        self.source = UnsafeRawPointer(source)
-        self.destination = UnsafeMutableRawPointer(destination)
-        bytes = count * MemoryLayout<Element>.stride
-        pieceBytes = Int(AMM_ROW_BLOCK_SIZE) * MemoryLayout<Element>.stride
-        // The bytes before the destination's first 64-byte boundary (whole elements, for an
-        // aligned element type): ordinary stores.
+        self.init(from: UnsafeRawPointer(source), to: UnsafeMutableRawPointer(destination),
+                  count: count, elementBytes: MemoryLayout<Element>.stride)
+    }
+
+    /// A stream of `count` elements of `elementBytes` bytes each (the element type's size
+    /// sets the piece, a block's worth of elements) from `source` to `destination`, which must
+    /// not overlap; `destination` aligned to the element size.
+    @inlinable
+    public init(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer,
+                count: Int, elementBytes: Int) {
+        self.source = source
+        self.destination = destination
+        bytes = count * elementBytes
+        pieceBytes = Int(AMM_ROW_BLOCK_SIZE) * elementBytes
+        // The bytes before the destination's first 64-byte boundary (whole elements, for a
+        // destination aligned to its element size): ordinary stores.
         let misalignment = Int(bitPattern: UnsafeRawPointer(destination)) & 63
         let head = misalignment == 0 ? 0 : Swift.min(64 - misalignment, bytes)
-        self.destination.copyMemory(from: self.source, byteCount: head)
+        destination.copyMemory(from: source, byteCount: head)
         next = head
     }
 

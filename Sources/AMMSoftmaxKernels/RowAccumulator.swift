@@ -237,10 +237,7 @@ public struct RowAccumulator<T: LossScalar> {
         for lane in 1..<width where maximum[lane] > top { top = maximum[lane] }
         guard !(top - reference > Self.headroom) else { return nil }
         if countsHardNegatives {
-            let threshold = negatives.threshold
-            var hard = 0
-            for j in 0..<count where row.cosine(at: start + j) > threshold { hard += 1 }
-            _hard += hard
+            _hard += row.countGreater(than: negatives.threshold, from: start, count: count)
         }
         _nanCheck += nanCheck
         _sum += sum

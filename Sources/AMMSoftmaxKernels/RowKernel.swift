@@ -73,9 +73,9 @@ public enum RowKernel<T: LossScalar> {
     ///     each block's r.
     ///   - countHardNegatives: whether to count the negatives mined as hard (statistics'
     ///     `hardNegatives`).
-    ///   - stream: a previous row's gradient being streamed out (GradientStream): four lines
-    ///     an iteration inside the one-pass loop, a block's worth after each block taken in
-    ///     two steps, and the rest at the end.
+    ///   - stream: a previous row's gradient being streamed out (GradientStream): a step's
+    ///     gradient an iteration inside the one-pass loop (four lines, two for 16-bit storage),
+    ///     a block's worth after each block taken in two steps, and the rest at the end.
     /// - Returns: the row's statistics, or the first non-finite column.
     @inlinable
     public static func statistics(

@@ -29,10 +29,6 @@ public protocol LossScalar: Real, BinaryFloatingPoint, SIMDScalar, Codable, Send
     /// Whether a > b in some lane.
     static func vectorAny(_ a: Vector, greaterThan b: Vector) -> Bool
 
-    /// Stores v at p, 64-byte aligned, bypassing the cache (`amm_stream_f32x16`); call
-    /// `streamFence()` before the memory is handed over.
-    static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Self>)
-
     /// The one-pass loop over a stretch of negatives (VectorExponentiateStretch.swift);
     /// `nanCheck` is the lane-wise sum of c - c, NaN exactly where some cosine was not finite.
     static func exponentiateStretch(
@@ -70,11 +66,6 @@ extension Float: LossScalar {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)
     }
-
-    @inlinable @inline(__always)
-    public static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Float>) {
-        amm_stream_f32x16(p, v)
-    }
 }
 
 extension Double: LossScalar {
@@ -99,11 +90,6 @@ extension Double: LossScalar {
     ) -> (nanCheck: Vector, maximum: Vector, sum: Double, copied: Int) {
         negatives.exponentiateStretch(cosines, count: count, scale: scale, reference: reference,
                                       weighted: weighted, copy: copy)
-    }
-
-    @inlinable @inline(__always)
-    public static func vectorStream(_ v: Vector, to p: UnsafeMutablePointer<Double>) {
-        amm_stream_f64x8(p, v)
     }
 }
 

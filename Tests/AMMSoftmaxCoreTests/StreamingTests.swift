@@ -1,5 +1,6 @@
 import Testing
 @testable import AMMSoftmaxCore
+import AMMSoftmaxKernels
 
 /// A gradient at least `LossKernels.streamingThreshold` bytes is written with streaming stores,
 /// row by row from per-worker scratch rows while the next row runs (GradientStream). Forcing
@@ -82,7 +83,8 @@ struct StreamingTests {
 
     /// 16-bit storage through the same pass: streamed from 16-bit scratch rows or written in
     /// place, the same bits, and those of the Float path on the widened values with each
-    /// gradient entry rounded once (rows off 64-byte lines by an odd number of bytes too).
+    /// gradient entry rounded once (rows off 64-byte lines by 6 bytes too: 16-bit rows start
+    /// at any even address).
     @Test(arguments: [HalfPrecisionLoss.Format.bfloat16, .float16])
     func halfStorageStreamedAndInPlaceAreTheFloatPathRounded(
         format: HalfPrecisionLoss.Format
@@ -144,5 +146,22 @@ struct StreamingTests {
                 }
             }
         }
+    }
+
+    /// A piece (what goes out after a block taken in two steps) is a block's worth of the
+    /// stream's elements, whatever their size.
+    @Test func streamPiecesAreABlocksWorthOfElements() {
+        func piece<E: BitwiseCopyable>(_: E.Type) -> Int {
+            let source = UnsafeMutablePointer<E>.allocate(capacity: 64)
+            let destination = UnsafeMutablePointer<E>.allocate(capacity: 64)
+            defer { source.deallocate(); destination.deallocate() }
+            UnsafeMutableRawPointer(source).initializeMemory(as: UInt8.self, repeating: 0,
+                                                             count: 64 * MemoryLayout<E>.stride)
+            return GradientStream(from: source, to: destination, count: 64).pieceBytes
+        }
+        let block = RowKernel<Float>.blockSize
+        #expect(piece(Float.self) == 4 * block)
+        #expect(piece(Double.self) == 8 * block)
+        #expect(piece(UInt16.self) == 2 * block)
     }
 }

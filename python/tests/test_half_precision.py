@@ -106,6 +106,24 @@ def test_every_bit_pattern_is_widened_and_rounded_exactly(dtype):
 
 
 @pytest.mark.parametrize("dtype", FORMATS, ids=lambda d: d.name)
+def test_target_cosines_and_error_values_widen_every_value_exactly(dtype):
+    """The one-value widening (target cosines, the value an error names) on every finite value
+    of magnitude at most 1.5 as a target, and on the non-finite ones in an error."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(dtype).astype(np.float32)
+    kept = bits[np.isfinite(values) & (np.abs(values) <= 1.5)].view(dtype)
+    cos = np.stack([kept, np.full(kept.size, 0.25, dtype)], axis=1)
+    target = np.zeros(kept.size)
+    amm_softmax.forward(cos, np.zeros(kept.size, np.int64), target_cosines=target)
+    np.testing.assert_array_equal(target, kept.astype(np.float64))
+    for pattern in (0x7f80, 0xff80, 0x7fc1) if dtype != np.float16 else (0x7c00, 0xfc00, 0x7e01):
+        bad = cos[:3].copy()
+        bad.view(np.uint16)[1, 1] = pattern
+        with pytest.raises(ValueError, match=r"cos\[1, 1\] = (-?inf|nan)"):
+            amm_softmax.forward(bad, np.zeros(3, np.int64))
+
+
+@pytest.mark.parametrize("dtype", FORMATS, ids=lambda d: d.name)
 def test_against_the_float64_oracle(dtype):
     """The contract's accuracy: the loss within the float32 path's tolerance of the f64 oracle
     on the same rounded inputs, each gradient entry within one rounding of the exact value."""

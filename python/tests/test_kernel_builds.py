@@ -44,6 +44,40 @@ for dtype in (np.float32, np.float64):
                 key = f"{np.dtype(dtype).name}-{n}x{c}-{target}-{hard}"
                 arrays[key + "-loss"] = loss
                 arrays[key + "-grad"] = grad
+# 16-bit storage: this build's output must be its own float32 output on the widened values,
+# each gradient entry rounded once; the cosines are every finite value of magnitude <= 1.5
+# (subnormals included; F16C in the AVX2 and AVX-512 builds, integer arithmetic in the
+# portable one), in rows of 1,300 (stretches and partial vectors).
+formats = [np.dtype(np.float16)]
+try:
+    import ml_dtypes
+    formats.append(np.dtype(ml_dtypes.bfloat16))
+except ImportError:
+    pass
+for fmt in formats:
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(fmt).astype(np.float32)
+    kept = bits[np.isfinite(values) & (np.abs(values) <= 1.5)]
+    kept = np.resize(kept, (-(-kept.size // 1300), 1300)).view(fmt)
+    labels = rng.integers(0, 1300, kept.shape[0])
+    target = np.zeros(kept.shape[0])
+    mismatches = 0
+    for scale, upstream in ((1.0, 1.0), (30.0, 1.0), (30.0, 3e-8)):
+        loss, grad = a.forward_backward(kept, labels, scale=scale, reduction="none",
+                                        target_cosines=target)
+        loss32, grad32 = a.forward_backward(kept.astype(np.float32), labels, scale=scale,
+                                            reduction="none")
+        back = a.backward(kept, labels, np.full(kept.shape[0], upstream, np.float32),
+                          scale=scale, reduction="none")
+        back32 = a.backward(kept.astype(np.float32), labels,
+                            np.full(kept.shape[0], upstream, np.float32), scale=scale,
+                            reduction="none")
+        mismatches += int(np.sum(loss.view(np.uint32) != loss32.view(np.uint32)))
+        mismatches += int(np.sum(grad.view(np.uint16) != grad32.astype(fmt).view(np.uint16)))
+        mismatches += int(np.sum(back.view(np.uint16) != back32.astype(fmt).view(np.uint16)))
+        want = kept[np.arange(kept.shape[0]), labels].astype(np.float64)
+        mismatches += int(np.sum(target != want))
+    arrays[f"half-mismatches-{fmt.name}"] = np.array([mismatches])
 np.savez(out, **arrays)
 print(json.dumps({"build": a.kernel_build(), "detail": a.kernel_build_detail()}))
 """
@@ -171,3 +205,13 @@ def test_a_stale_build_library_is_refused(stand_in, tmp_path):
     assert report["build"] == "portable"
     assert EXPECTED_REASON[stand_in] in report["detail"], report["detail"]
     assert np.isfinite(report["loss"])
+
+
+def test_16_bit_storage_is_each_builds_float32_rounded(builds):
+    """Each build reads 16-bit cosines and rounds its gradients by its own means (F16C or
+    integer arithmetic): every build must give its own float32 results, rounded once."""
+    for request, (build, _, arrays) in builds.items():
+        keys = [k for k in arrays.files if k.startswith("half-mismatches-")]
+        assert keys, f"{build}: the child checked no 16-bit format"
+        for key in keys:
+            assert int(arrays[key][0]) == 0, f"{build} ({request}): {key} = {arrays[key][0]}"

@@ -8,10 +8,12 @@
  * for f16, where the build has F16C (the AVX2 and AVX-512 builds), its conversions instead,
  * one instruction per eight values in place of a dozen: they round to nearest even by their
  * immediate operand and read f16 subnormals exactly whatever denormals-are-zero says (tested:
- * python/tests/test_half_precision.py, every f16 value, with the integer path as the baseline
- * build's). The results are the same bits on every build and do not depend on flush-to-zero or
+ * python/tests/test_kernel_builds.py, every finite value up to 1.5 on every build against that
+ * build's float32 path). The results are the same bits on every build and do not depend on flush-to-zero or
  * denormals-are-zero (a non-default rounding mode of the caller would change the integer f16
- * subnormal rounding only). Inline, so that each kernel build compiles them with its own CPU
+ * subnormal rounding only), NaNs aside: F16C keeps a NaN's payload where the integer path
+ * gives the default quiet NaN, and a NaN is an error wherever it appears (a cosine or a
+ * gradient entry), so no result depends on which. Inline, so that each kernel build compiles them with its own CPU
  * flags. Internal to the library; not part of the C API. */
 #ifndef AMM_HALF_STORAGE_H
 #define AMM_HALF_STORAGE_H
@@ -29,7 +31,6 @@ enum { AMM_STORAGE_BF16 = 0, AMM_STORAGE_F16 = 1 };
 
 typedef unsigned short amm_u16x16 __attribute__((ext_vector_type(16)));
 typedef unsigned int amm_u32x16 __attribute__((ext_vector_type(16)));
-typedef short amm_i16x16 __attribute__((ext_vector_type(16)));
 
 /* bf16 -> float: the bits are float's upper half (NaN payloads kept). */
 AMM_INLINE amm_f32x16 amm_widen_bf16_f32x16(amm_u16x16 h) {
@@ -67,7 +68,8 @@ AMM_INLINE amm_f32x16 amm_widen_f16_f32x16(amm_u16x16 half) {
 }
 
 /* float -> bf16, nearest even on the bit pattern: add half an ulp of the target, less one
- * unless the kept part is odd; a NaN keeps its sign and becomes quiet. */
+ * unless the kept part is odd; a NaN keeps its sign and becomes quiet (the gradient pass's
+ * amm_scale_narrow16 leaves this case out: it reports a NaN instead of storing it). */
 AMM_INLINE amm_u16x16 amm_narrow_bf16_f32x16(amm_f32x16 value) {
     const amm_u32x16 u = (amm_u32x16)value;
     const amm_u32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -141,10 +143,24 @@ AMM_INLINE void amm_widen_row(const uint16_t *src, float *dst, long count, int f
     }
 }
 
-/* One stored value widened. */
+/* One stored value widened, by the integer arithmetic of amm_widen_f16_f32x16 for f16. */
 AMM_INLINE float amm_widen_one(uint16_t value, int format) {
+    uint32_t bits = (uint32_t)value << 16;
+    if (format != AMM_STORAGE_BF16) {
+        const uint32_t sign = (uint32_t)(value & 0x8000u) << 16;
+        const uint32_t exponent = (value >> 10) & 0x1fu, mantissa = value & 0x3ffu;
+        if (exponent == 0) {
+            const float subnormal = (float)mantissa * 0x1p-24f;
+            __builtin_memcpy(&bits, &subnormal, sizeof bits);
+        } else if (exponent == 31) {
+            bits = 0x7f800000u | (mantissa << 13);
+        } else {
+            bits = ((exponent + 112u) << 23) | (mantissa << 13);
+        }
+        bits |= sign;
+    }
     float out;
-    amm_widen_row(&value, &out, 1, format);
+    __builtin_memcpy(&out, &bits, sizeof out);
     return out;
 }
 

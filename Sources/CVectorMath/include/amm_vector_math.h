@@ -37,17 +37,10 @@ typedef long amm_i64x8 __attribute__((ext_vector_type(8)));
 
 #define AMM_INLINE static inline __attribute__((always_inline))
 
-/* Stores v at p, which must be 64-byte aligned, with non-temporal stores (one vmovntps, two, or
- * four movntps): the line goes to memory without being read into the cache first. Weakly
- * ordered: the writer calls amm_store_fence before the memory is handed over. */
-AMM_INLINE void amm_stream_f32x16(void *p, amm_f32x16 v) {
-    __builtin_nontemporal_store(v, (amm_f32x16 *)p);
-}
-AMM_INLINE void amm_stream_f64x8(void *p, amm_f64x8 v) {
-    __builtin_nontemporal_store(v, (amm_f64x8 *)p);
-}
 /* Copies one 64-byte line from src (any alignment) to dst (64-byte aligned) with non-temporal
- * stores: bytes unchanged, whatever they encode. */
+ * stores (one vmovntps, two, or four movntps): the line goes to memory without being read into
+ * the cache first, its bytes unchanged, whatever they encode. Weakly ordered: the writer calls
+ * amm_store_fence before the memory is handed over. */
 AMM_INLINE void amm_stream_line(const void *src, void *dst) {
     amm_f32x16 line;
     __builtin_memcpy(&line, src, sizeof line);
