@@ -42,13 +42,6 @@ public enum HalfPrecisionLoss {
             outputs: floatOutputs, storage: format, cos16: cos, gradient16: gradient,
             streamingThreshold: streamingThreshold)
         defer { pass.release() }
-        RowParallel.forEachRow(rows: rows, columns: columns, threads: parameters.numThreads) {
-            row, worker in pass.computeRow(row, worker: worker)
-        } finish: { worker in
-            pass.finishWorker(worker)
-        }
-        if let error = pass.firstFailure { throw error }
-        try pass.reduceLosses()
-        pass.writeTargetCosines()
+        try pass.run()
     }
 }

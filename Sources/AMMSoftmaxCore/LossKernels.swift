@@ -67,13 +67,6 @@ public enum LossKernels {
             parameters: parameters, cos: cos, rows: rows, columns: columns, labels: labels,
             outputs: outputs, streamingThreshold: streamingThreshold)
         defer { pass.release() }
-        RowParallel.forEachRow(rows: rows, columns: columns, threads: parameters.numThreads) {
-            row, worker in pass.computeRow(row, worker: worker)
-        } finish: { worker in
-            pass.finishWorker(worker)
-        }
-        if let error = pass.firstFailure { throw error }
-        try pass.reduceLosses()
-        pass.writeTargetCosines()
+        try pass.run()
     }
 }

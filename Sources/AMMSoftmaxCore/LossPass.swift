@@ -113,9 +113,22 @@ struct LossPass<T: LossScalar> {
         arena.release()
     }
 
+    /// The whole call: every row over the workers, the first failure thrown, then the
+    /// reduction and the per-row target cosines.
+    func run() throws(LossError) {
+        RowParallel.forEachRow(rows: rows, columns: columns, threads: parameters.numThreads) {
+            row, worker in computeRow(row, worker: worker)
+        } finish: { worker in
+            finishWorker(worker)
+        }
+        if let error = firstFailure { throw error }
+        try reduceLosses()
+        writeTargetCosines()
+    }
+
     /// Row i on `worker`: its statistics (and loss), then its gradient if one is wanted.
     /// Returns false on a failure, which stops the worker.
-    func computeRow(_ i: Int, worker: Int) -> Bool {
+    private func computeRow(_ i: Int, worker: Int) -> Bool {
         let label = labels![i]
         let rowBytes = columns * elementBytes
         let finalRow = gradient.map { $0 + i * rowBytes }
@@ -194,21 +207,21 @@ struct LossPass<T: LossScalar> {
 
     /// After a worker's last row: the rest of its pending stream, and the fence that orders its
     /// streaming stores before the call returns.
-    func finishWorker(_ worker: Int) {
+    private func finishWorker(_ worker: Int) {
         guard streaming else { return }
         if streamState[worker].pending { streams[worker].finish() }
         T.streamFence()
     }
 
     /// The failure of the lowest row, if any worker met one.
-    var firstFailure: LossError? {
+    private var firstFailure: LossError? {
         failures.compactMap { $0 }.min { $0.row < $1.row }?.error
     }
 
     /// The reduction of the row losses into `outputs.loss`, in row order.
     ///
     /// - Throws: `.outputOverflow` when a value is beyond T's range.
-    func reduceLosses() throws(LossError) {
+    private func reduceLosses() throws(LossError) {
         guard let loss = outputs.loss else { return }
         try LossReduction.write(UnsafeBufferPointer(rowLosses), count: rows,
                                 reduction: parameters.reduction, counted: countedRows,
@@ -216,7 +229,7 @@ struct LossPass<T: LossScalar> {
     }
 
     /// The target cosine of every row (0 for an ignored row) into `outputs.targetCosines`.
-    func writeTargetCosines() {
+    private func writeTargetCosines() {
         guard let targetCosines = outputs.targetCosines else { return }
         for i in 0..<rows {
             let label = labels![i]

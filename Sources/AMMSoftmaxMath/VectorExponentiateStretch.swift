@@ -38,22 +38,20 @@ extension NegativeLogit {
 }
 
 extension NegativeLogit where T == Float {
-    /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
-    /// vector width; of `copy`, if given, it copies what it can while it runs (`copied`).
+    /// The variant and its constants as the C loop takes them.
     @inlinable
-    public func exponentiateStretch(
-        _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
-        weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy? = nil
-    ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
-        var mining = amm_mining_f32(
+    var stretchMining: amm_mining_f32 {
+        amm_mining_f32(
             kind: miningKind, unit_slope: unitDerivative ? 1 : 0, threshold: threshold,
             cos_t: cosT, sin_t: sinT, bound: angleBound, ceiling: Float(1 / Angles.sinFloor),
             slope: slope, offset: offset)
-        var out = amm_stretch_f32()
-        amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted,
-                                     copy?.from.assumingMemoryBound(to: UInt8.self),
-                                     copy?.to.assumingMemoryBound(to: UInt8.self),
-                                     copy?.bytes ?? 0, &out)
+    }
+
+    /// What a C loop returned, as Swift values.
+    @inlinable
+    static func stretchResult(
+        _ out: amm_stretch_f32
+    ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
         let nanCheck = withUnsafeBytes(of: out.nan_check) {
             $0.loadUnaligned(as: SIMD16<Float>.self)
         }
@@ -61,6 +59,22 @@ extension NegativeLogit where T == Float {
             $0.loadUnaligned(as: SIMD16<Float>.self)
         }
         return (nanCheck, maximum, out.sum, out.copied)
+    }
+
+    /// The one-pass loop over `count` cosines (see the top of this file), a multiple of the
+    /// vector width; of `copy`, if given, it copies what it can while it runs (`copied`).
+    @inlinable
+    public func exponentiateStretch(
+        _ cosines: UnsafePointer<Float>, count: Int, scale: Float, reference: Float,
+        weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy? = nil
+    ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
+        var mining = stretchMining
+        var out = amm_stretch_f32()
+        amm_exponentiate_stretch_f32(cosines, count, scale, reference, &mining, weighted,
+                                     copy?.from.assumingMemoryBound(to: UInt8.self),
+                                     copy?.to.assumingMemoryBound(to: UInt8.self),
+                                     copy?.bytes ?? 0, &out)
+        return Self.stretchResult(out)
     }
 }
 
@@ -119,29 +133,18 @@ extension NegativeLogit where T == Float {
         _ cosines: UnsafePointer<UInt16>, storage: HalfStorage, count: Int, scale: Float,
         reference: Float, weighted: UnsafeMutablePointer<Float>?, copy: StretchCopy? = nil
     ) -> (nanCheck: SIMD16<Float>, maximum: SIMD16<Float>, sum: Double, copied: Int) {
-        var mining = amm_mining_f32(
-            kind: miningKind, unit_slope: unitDerivative ? 1 : 0, threshold: threshold,
-            cos_t: cosT, sin_t: sinT, bound: angleBound, ceiling: Float(1 / Angles.sinFloor),
-            slope: slope, offset: offset)
+        var mining = stretchMining
         var out = amm_stretch_f32()
+        let from = copy?.from.assumingMemoryBound(to: UInt8.self)
+        let to = copy?.to.assumingMemoryBound(to: UInt8.self)
         switch storage {
         case .bfloat16:
             amm_exponentiate_stretch_bf16(cosines, count, scale, reference, &mining, weighted,
-                                          copy?.from.assumingMemoryBound(to: UInt8.self),
-                                          copy?.to.assumingMemoryBound(to: UInt8.self),
-                                          copy?.bytes ?? 0, &out)
+                                          from, to, copy?.bytes ?? 0, &out)
         case .float16:
             amm_exponentiate_stretch_f16(cosines, count, scale, reference, &mining, weighted,
-                                         copy?.from.assumingMemoryBound(to: UInt8.self),
-                                         copy?.to.assumingMemoryBound(to: UInt8.self),
-                                         copy?.bytes ?? 0, &out)
+                                         from, to, copy?.bytes ?? 0, &out)
         }
-        let nanCheck = withUnsafeBytes(of: out.nan_check) {
-            $0.loadUnaligned(as: SIMD16<Float>.self)
-        }
-        let maximum = withUnsafeBytes(of: out.maximum) {
-            $0.loadUnaligned(as: SIMD16<Float>.self)
-        }
-        return (nanCheck, maximum, out.sum, out.copied)
+        return Self.stretchResult(out)
     }
 }
