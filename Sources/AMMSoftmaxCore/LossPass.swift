@@ -9,7 +9,8 @@ import AMMSoftmaxKernels
 ///
 /// The cosines and the gradient are stored as T (`storage` nil) or, with T = Float, in a 16-bit
 /// format: the row kernels' 16-bit entries read such a row directly, and the gradient pass
-/// rounds each entry as it writes it (into a 16-bit scratch row that is then streamed out).
+/// rounds each entry as it writes it (when streaming, into a 16-bit scratch row that is then
+/// streamed out, as a T gradient is from its own scratch row).
 struct LossPass<T: LossScalar> {
     let parameters: LossParameters
     /// Where the matrices are (`elementBytes` per element) and, for 16-bit storage, its format.
