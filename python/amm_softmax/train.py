@@ -422,16 +422,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def table(dataset: str, runs: dict) -> str:
-    head = ("| configuration | loss first -> last epoch | identification | ROC AUC | "
-            "TAR@FAR=1e-2 | TAR@FAR=1e-3 | intra angle | nearest inter angle |")
-    lines = [f"**{dataset}**", "", head, "|" + " --- |" * 8]
-    for name, r in runs.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | {r['curve'][0]:.3f} -> {r['curve'][-1]:.3f} | "
-                     f"{m['identification']:.3f} | {m['auc']:.4f} | {m['tar_1e2']:.3f} | "
-                     f"{m['tar_1e3']:.3f} | {m['intra_angle']:.1f} deg | "
-                     f"{m['inter_angle']:.1f} deg |")
-    return "\n".join(lines)
+    """One run per configuration: `seed_table`'s columns, without a spread."""
+    return seed_table(dataset, {name: summarise([r]) for name, r in runs.items()})
 
 
 def _sd(values) -> float | None:
@@ -456,13 +448,16 @@ def _pm(mean: float, sd: float | None, digits: int, unit: str = "") -> str:
     return f"{mean:.{digits}f}{unit}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def seed_table(dataset: str, summaries: dict, seeds: list) -> str:
-    """The table of means ± sample standard deviations over the seeds."""
-    over = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else \
-        f"seed {seeds[0]}"
+def seed_table(dataset: str, summaries: dict, seeds: list | None = None) -> str:
+    """The table of means ± sample standard deviations over the seeds (`seeds` named in the
+    title when given)."""
+    title = f"**{dataset}**"
+    if seeds:
+        title += (f" (mean ± sd over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1
+                  else f" (seed {seeds[0]})")
     head = ("| configuration | loss first -> last epoch | identification | ROC AUC | "
             "TAR@FAR=1e-2 | TAR@FAR=1e-3 | intra angle (deg) | nearest inter angle (deg) |")
-    lines = [f"**{dataset}** ({over})", "", head, "|" + " --- |" * 8]
+    lines = [title, "", head, "|" + " --- |" * 8]
     for name, r in summaries.items():
         sd = r["sd"]
         lines.append(f"| {name} | {r['curve'][0]:.3f} -> "
